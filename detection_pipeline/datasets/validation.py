@@ -1,0 +1,119 @@
+"""Checks of user inputs (images, COCO datasets, paths) before any work is done on them."""
+
+import json
+from pathlib import Path
+
+from PIL import Image, UnidentifiedImageError
+
+from ..errors import InputError
+from .synthetic import ANNOTATIONS_FILE, IMAGES_DIR
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
+VAL_ANNOTATIONS_FILE = "val.json"
+
+
+def confine(path: str | Path, roots: tuple[Path, ...], what: str) -> Path:
+    """The real path of `path` (symlinks resolved), refused unless it lies below one of `roots`."""
+    real = Path(path).expanduser().resolve()
+    if not any(real.is_relative_to(root) for root in roots):
+        allowed = ", ".join(str(root) for root in roots)
+        raise InputError(
+            f"{what} {path} is outside the allowed data folders ({allowed}); move it there "
+            "or add its folder with `detection-pipeline init --input-root FOLDER`"
+        )
+    return real
+
+
+def _check_image(path: Path) -> str | None:
+    try:
+        with Image.open(path) as image:
+            image.verify()
+    except (UnidentifiedImageError, OSError, SyntaxError) as error:
+        return f"{path.name} ({error})"
+    return None
+
+
+def find_images(paths: list[str], roots: tuple[Path, ...]) -> list[Path]:
+    """The image files named by `paths` (files, or folders searched one level deep), all verified."""
+    if not paths:
+        raise InputError("no images given: name an image folder or image files")
+    images: list[Path] = []
+    for given in paths:
+        path = confine(given, roots, "image path")
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise InputError(
+                    f"folder {given} has no images ({', '.join(IMAGE_SUFFIXES)}); "
+                    "check the path or put the images there"
+                )
+            images += found
+        elif path.is_file():
+            if path.suffix.lower() not in IMAGE_SUFFIXES:
+                raise InputError(f"{given} is not an image file (expected {', '.join(IMAGE_SUFFIXES)})")
+            images.append(path)
+        else:
+            raise InputError(f"image path {given} does not exist; check the path")
+    broken = [problem for problem in map(_check_image, images) if problem]
+    if broken:
+        raise InputError(
+            f"{len(broken)} file(s) are not readable images: {'; '.join(broken[:5])}"
+            f"{' …' if len(broken) > 5 else ''}; remove or replace them"
+        )
+    return images
+
+
+def _coco_problems(coco: dict, images_dir: Path) -> list[str]:
+    problems = []
+    image_ids = {image["id"] for image in coco.get("images", [])}
+    category_ids = {category["id"] for category in coco.get("categories", [])}
+    if not image_ids:
+        problems.append("it lists no images")
+    if not category_ids:
+        problems.append("it lists no categories")
+    for image in coco.get("images", []):
+        if not (images_dir / image["file_name"]).is_file():
+            problems.append(f"image {image['file_name']} is missing from {images_dir}")
+    for annotation in coco.get("annotations", []):
+        if annotation.get("image_id") not in image_ids:
+            problems.append(f"annotation {annotation.get('id')} refers to unknown image {annotation.get('image_id')}")
+        if annotation.get("category_id") not in category_ids:
+            problems.append(
+                f"annotation {annotation.get('id')} refers to unknown category {annotation.get('category_id')}"
+            )
+        bbox = annotation.get("bbox", [])
+        if len(bbox) != 4 or bbox[2] <= 0 or bbox[3] <= 0:
+            problems.append(f"annotation {annotation.get('id')} has an invalid bbox {bbox}")
+    return problems
+
+
+def load_coco(path: Path, images_dir: Path) -> dict:
+    """A COCO annotations file whose images, categories and boxes all check out."""
+    try:
+        coco = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise InputError(f"cannot read COCO annotations {path}: {error}") from error
+    problems = _coco_problems(coco, images_dir)
+    if problems:
+        more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
+        raise InputError(f"COCO file {path} is broken: {'; '.join(problems[:5])}{more}; fix it and submit again")
+    return coco
+
+
+def dataset_files(dataset: str, roots: tuple[Path, ...]) -> tuple[Path, Path, Path | None]:
+    """(annotations, images folder, optional validation annotations) of a dataset folder.
+
+    A dataset folder holds annotations.json and images/ (what `make-dataset` writes), and may
+    hold val.json with validation annotations over the same images/ folder.
+    """
+    folder = confine(dataset, roots, "dataset")
+    annotations, images_dir = folder / ANNOTATIONS_FILE, folder / IMAGES_DIR
+    if not folder.is_dir():
+        raise InputError(f"dataset folder {dataset} does not exist; check the path")
+    if not annotations.is_file() or not images_dir.is_dir():
+        raise InputError(
+            f"dataset folder {dataset} needs {ANNOTATIONS_FILE} (COCO) and an {IMAGES_DIR}/ folder; "
+            "`detection-pipeline make-dataset` shows the layout"
+        )
+    val = folder / VAL_ANNOTATIONS_FILE
+    return annotations, images_dir, val if val.is_file() else None

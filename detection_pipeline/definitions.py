@@ -1,0 +1,25 @@
+"""The one Definitions object: jobs and resources for the Dagster home in DAGSTER_HOME."""
+
+from dagster import Definitions
+
+from .instance import dagster_home
+from .jobs.detect import detect
+from .jobs.train import train
+from .resources import MMDetRunner, RunFolders
+from .settings import Settings
+
+
+def build_resources(settings: Settings) -> dict:
+    return {
+        "folders": RunFolders(
+            runs_dir=str(settings.runs_dir),
+            models_dir=str(settings.models_dir),
+            input_roots=[str(root) for root in settings.input_roots],
+        ),
+        "runner": MMDetRunner(
+            python_executable=settings.python_executable, timeout_seconds=settings.timeout_seconds
+        ),
+    }
+
+
+defs = Definitions(jobs=[detect, train], resources=build_resources(Settings.load(dagster_home())))

@@ -1,0 +1,40 @@
+"""The Dagster home (DAGSTER_HOME) this product runs in, and its instance config."""
+
+import os
+from pathlib import Path
+
+import yaml
+
+DEFAULT_HOME = Path("~/.detection_pipeline")
+DEPLOYMENT_CONFIG = Path(__file__).parent / "dagster.yaml"
+
+
+def dagster_home() -> Path:
+    """$DAGSTER_HOME, or ~/.detection_pipeline when it is unset."""
+    return Path(os.environ.get("DAGSTER_HOME") or DEFAULT_HOME).expanduser().resolve()
+
+
+def use_home(home: Path) -> Path:
+    """Makes `home` the DAGSTER_HOME of this process and of every process it starts."""
+    home = Path(home).expanduser().resolve()
+    home.mkdir(parents=True, exist_ok=True)
+    os.environ["DAGSTER_HOME"] = str(home)
+    return home
+
+
+def instance_config(home: Path, postgres_url: str | None = None) -> dict:
+    """The deployment config with its storage pointed at SQLite in `home` or at `postgres_url`."""
+    config = yaml.safe_load(DEPLOYMENT_CONFIG.read_text())
+    config["storage"] = (
+        {"postgres": {"postgres_url": postgres_url}}
+        if postgres_url
+        else {"sqlite": {"base_dir": str(home / "storage")}}
+    )
+    return config
+
+
+def write_instance_config(home: Path, postgres_url: str | None = None) -> Path:
+    path = home / "dagster.yaml"
+    header = "# Written by `detection-pipeline init` from detection_pipeline/instance/dagster.yaml.\n"
+    path.write_text(header + yaml.safe_dump(instance_config(home, postgres_url), sort_keys=False))
+    return path

@@ -1,0 +1,135 @@
+"""The run worker's side of the MMDetection child process: start, stream, time-limit, kill.
+
+The child runs in a session (process group) of its own, so terminating a run, a timeout or a
+failure kills MMDetection and everything it started, not just the direct child: Dagster sends
+SIGINT to the run worker only, and Pipes forwards it to its direct child only.
+"""
+
+import os
+import queue
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+from dagster import Failure, MetadataValue, OpExecutionContext, open_pipes_session
+from dagster._core.pipes.utils import PipesTempFileContextInjector, PipesTempFileMessageReader
+
+from ..mmdet_runner.specs import InferSpec, TrainSpec
+
+KILL_GRACE_SECONDS = 5.0
+LOG_FLUSH_SECONDS = 1.0
+FAILURE_TAIL_LINES = 30
+
+
+def kill_process_group(process: subprocess.Popen, grace_seconds: float = KILL_GRACE_SECONDS) -> None:
+    """SIGTERM to the child's whole group, SIGKILL to whatever is left after the grace period."""
+    for sig, wait in ((signal.SIGTERM, grace_seconds), (signal.SIGKILL, None)):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            return  # the group is empty: nothing left to kill
+        try:
+            process.wait(timeout=wait)
+        except subprocess.TimeoutExpired:
+            pass
+
+
+def _read_lines(stream, lines: queue.Queue, log_file) -> None:
+    for line in iter(stream.readline, ""):
+        log_file.write(line)
+        log_file.flush()
+        lines.put(line.rstrip("\n"))
+
+
+def _drain(lines: queue.Queue) -> list[str]:
+    drained = []
+    while not lines.empty():
+        drained.append(lines.get_nowait())
+    return drained
+
+
+def log_path(run_dir: Path, record_id: int, succeeded: bool) -> Path:
+    return run_dir / f"{'succ' if succeeded else 'error'}_{record_id}.txt"
+
+
+def run_mmdetection_child(
+    context: OpExecutionContext,
+    spec: TrainSpec | InferSpec,
+    spec_path: Path,
+    run_dir: Path,
+    record_id: int,
+    python_executable: str,
+    timeout_seconds: float,
+) -> dict:
+    """Runs `spec` in a child process; returns the summary the child reported over Pipes.
+
+    The child's output goes to the Dagster run log (in one-second batches) and to
+    succ_<record_id>.txt or error_<record_id>.txt in the run's folder.
+    """
+    command = [python_executable, "-m", "detection_pipeline.mmdet_runner", spec.action, str(spec_path)]
+    running_log = run_dir / f"running_{record_id}.txt"
+    lines: queue.Queue = queue.Queue()
+    tail: list[str] = []
+    failure: str | None = None
+    succeeded = False
+    try:
+        with open_pipes_session(
+            context=context,
+            context_injector=PipesTempFileContextInjector(),
+            message_reader=PipesTempFileMessageReader(),
+        ) as session, running_log.open("w") as log_file:
+            process = subprocess.Popen(
+                command,
+                cwd=run_dir,
+                env={**os.environ, **session.get_bootstrap_env_vars(), "PYTHONUNBUFFERED": "1"},
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                start_new_session=True,
+            )
+            context.log.info(f"MMDetection {spec.action} started (pid {process.pid}): {' '.join(command)}")
+            reader = threading.Thread(target=_read_lines, args=(process.stdout, lines, log_file), daemon=True)
+            reader.start()
+
+            def flush() -> None:
+                batch = _drain(lines)
+                tail[:] = (tail + batch)[-FAILURE_TAIL_LINES:]
+                if batch:
+                    context.log.info("\n".join(batch))
+
+            deadline = time.monotonic() + timeout_seconds
+            try:
+                while process.poll() is None:
+                    if time.monotonic() > deadline:
+                        failure = (
+                            f"MMDetection {spec.action} ran longer than the limit of {timeout_seconds:.0f} s "
+                            "and was killed; raise timeout_seconds in detection_pipeline.yaml if it needs longer"
+                        )
+                        break
+                    time.sleep(LOG_FLUSH_SECONDS)
+                    flush()
+            finally:
+                # Also after a normal exit: nothing the child started may outlive it.
+                kill_process_group(process)
+                reader.join(timeout=10)
+                flush()
+            if failure is None and process.returncode != 0:
+                failure = f"MMDetection {spec.action} failed (exit code {process.returncode}): " + (
+                    tail[-1] if tail else "no output"
+                )
+            summaries = session.get_custom_messages()
+
+        succeeded = failure is None
+    finally:
+        running_log.rename(log_path(run_dir, record_id, succeeded))
+    if failure:
+        raise Failure(
+            description=failure,
+            metadata={
+                "output (last lines)": MetadataValue.md("```\n" + "\n".join(tail) + "\n```"),
+                "log file": MetadataValue.path(str(log_path(run_dir, record_id, False))),
+            },
+        )
+    return summaries[-1] if summaries else {}

@@ -1,0 +1,54 @@
+"""How a run keeps its record current: processing when it starts, success or error when it ends."""
+
+from dagster import Failure, HookContext, OpExecutionContext, failure_hook, op
+
+from .. import run_tags
+from ..records import record_store
+from ..records.schema import RunRecord
+from ..resources import RunFolders
+from ..settings import QUEUE_OF_KIND
+
+
+def start_record(
+    context: OpExecutionContext, folders: RunFolders, kind: str, params: dict, model: str | None
+) -> RunRecord:
+    """Marks the run's record processing, first creating it for a run launched without one
+    (from the Dagster UI or GraphQL), so every run has a record whichever way it came."""
+    store = record_store(context.instance)
+    tags = context.run.tags
+    if run_tags.RECORD_ID in tags:
+        record_id = int(tags[run_tags.RECORD_ID])
+    else:
+        queue = tags.get(run_tags.QUEUE, QUEUE_OF_KIND[kind])
+        priority = int(tags.get(run_tags.PRIORITY, 0))  # what the queue launched it with
+        record, _ = store.create_run(kind, queue, priority, params, model)
+        record_id = record.id
+        context.instance.add_run_tags(
+            context.run_id, {run_tags.RECORD_ID: str(record_id), run_tags.QUEUE: queue}
+        )
+    store.update(record_id, output_dir=str(folders.run_dir(record_id)))
+    return store.mark_processing(record_id, context.run_id)
+
+
+@op
+def cleanup(context: OpExecutionContext, record_id: int, folders: RunFolders) -> None:
+    """The last op of every job: removes the staged inputs (outputs stay), marks the record a success."""
+    folders.remove_staging(record_id)
+    record_store(context.instance).mark_finished(record_id)
+
+
+def _failure_message(error: BaseException | None) -> str:
+    if isinstance(error, Failure) and error.description:
+        return error.description
+    return f"{type(error).__name__}: {error}" if error else "the run failed"
+
+
+@failure_hook(required_resource_keys={"folders"})
+def record_failure(context: HookContext) -> None:
+    """A failed op ends the run: its record gets the error, its staged inputs are removed."""
+    run = context.instance.get_run_by_id(context.run_id)
+    record_id = run.tags.get(run_tags.RECORD_ID) if run else None
+    if record_id is None:  # failed before the record existed; the reconciliation sensor sees it
+        return
+    context.resources.folders.remove_staging(int(record_id))
+    record_store(context.instance).mark_finished(int(record_id), error=_failure_message(context.op_exception))

@@ -1,0 +1,80 @@
+"""Turns a TrainSpec into a complete mmengine config for the tiny (or any RetinaNet-style) model."""
+
+from mmengine.config import Config
+
+from .specs import BEST_METRIC, TrainSpec
+
+
+def _pipelines(image_size: int) -> tuple[list[dict], list[dict]]:
+    scale = (image_size, image_size)
+    train = [
+        dict(type="LoadImageFromFile"),
+        dict(type="LoadAnnotations", with_bbox=True),
+        dict(type="Resize", scale=scale, keep_ratio=True),
+        dict(type="RandomFlip", prob=0.5),
+        dict(type="PackDetInputs"),
+    ]
+    test = [
+        dict(type="LoadImageFromFile"),
+        dict(type="Resize", scale=scale, keep_ratio=True),
+        dict(type="LoadAnnotations", with_bbox=True),
+        dict(
+            type="PackDetInputs",
+            meta_keys=("img_id", "img_path", "ori_shape", "img_shape", "scale_factor"),
+        ),
+    ]
+    return train, test
+
+
+def _dataloader(spec: TrainSpec, annotations: str, pipeline: list[dict], train: bool) -> dict:
+    return dict(
+        batch_size=spec.batch_size if train else 1,
+        # Workers would be processes outside the child's control; the data here is small.
+        num_workers=0,
+        persistent_workers=False,
+        sampler=dict(type="DefaultSampler", shuffle=train),
+        dataset=dict(
+            type="CocoDataset",
+            data_root="",
+            ann_file=annotations,
+            data_prefix=dict(img=spec.images_dir + "/"),
+            metainfo=dict(classes=tuple(spec.classes)),
+            filter_cfg=dict(filter_empty_gt=train, min_size=1),
+            test_mode=not train,
+            pipeline=pipeline,
+        ),
+    )
+
+
+def build_train_config(spec: TrainSpec) -> Config:
+    cfg = Config.fromfile(spec.base_config)
+    train_pipeline, test_pipeline = _pipelines(spec.image_size)
+    cfg.model.bbox_head.num_classes = len(spec.classes)
+    cfg.work_dir = spec.work_dir
+    cfg.randomness = dict(seed=spec.seed)
+    cfg.train_dataloader = _dataloader(spec, spec.train_annotations, train_pipeline, train=True)
+    cfg.val_dataloader = _dataloader(spec, spec.val_annotations, test_pipeline, train=False)
+    # Inference (DetInferencer) takes its pipeline from the test dataloader.
+    cfg.test_dataloader = cfg.val_dataloader
+    cfg.val_evaluator = dict(type="CocoMetric", ann_file=spec.val_annotations, metric="bbox")
+    cfg.test_evaluator = cfg.val_evaluator
+    cfg.train_cfg = dict(type="EpochBasedTrainLoop", max_epochs=spec.epochs, val_interval=1)
+    cfg.val_cfg = dict(type="ValLoop")
+    cfg.test_cfg = dict(type="TestLoop")
+    cfg.optim_wrapper = dict(
+        type="OptimWrapper",
+        optimizer=dict(type="SGD", lr=spec.learning_rate, momentum=0.9, weight_decay=0.0001),
+        clip_grad=dict(max_norm=35, norm_type=2),
+    )
+    cfg.param_scheduler = []  # constant rate: the short schedules here have no room for warmup
+    cfg.default_hooks.logger.interval = 10
+    # Only the best epoch's weights are kept: no periodic or last checkpoints, and the hook
+    # replaces the previous best when an epoch beats it.
+    cfg.default_hooks.checkpoint = dict(
+        type="CheckpointHook",
+        interval=-1,
+        save_last=False,
+        save_best=BEST_METRIC,
+        rule="greater",
+    )
+    return cfg

@@ -1,0 +1,98 @@
+"""The tables this product keeps beside Dagster's own, in the same database.
+
+Every name starts with `dp_` so the tables never collide with Dagster's; migrations keep their
+own version table for the same reason.
+"""
+
+import datetime as dt
+import enum
+
+from sqlalchemy import JSON, DateTime, Integer, String, Text, TypeDecorator, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+class UTCDateTime(TypeDecorator):
+    """Aware UTC datetimes on every database (SQLite forgets the zone it was given)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value, dialect):
+        return value.astimezone(dt.timezone.utc) if value is not None else None
+
+    def process_result_value(self, value, dialect):
+        if value is not None and value.tzinfo is None:
+            return value.replace(tzinfo=dt.timezone.utc)
+        return value
+
+
+class Base(DeclarativeBase):
+    def to_dict(self) -> dict:
+        """Column values, times as ISO strings: what `--json` prints."""
+        values = {column.name: getattr(self, column.name) for column in self.__table__.columns}
+        return {k: v.isoformat() if isinstance(v, dt.datetime) else v for k, v in values.items()}
+
+
+class Kind(str, enum.Enum):
+    DETECTION = "detection"
+    TRAINING = "training"
+
+
+class Status(str, enum.Enum):
+    WAITING = "waiting"
+    PROCESSING = "processing"
+    SUCCESS = "success"
+    ERROR = "error"
+    CANCELLED = "cancelled"
+
+
+class RunRecord(Base):
+    """One detection or training run as a user sees it, across all its Dagster attempts."""
+
+    __tablename__ = "dp_run_records"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(16), index=True, default=Status.WAITING.value)
+    queue: Mapped[str] = mapped_column(String(64))
+    priority: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    started_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    finished_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    run_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    dagster_run_ids: Mapped[list] = mapped_column(JSON, default=list)
+    output_dir: Mapped[str | None] = mapped_column(Text)
+    error: Mapped[str | None] = mapped_column(Text)
+    # The model a detection run uses, or the model a training run registers.
+    model: Mapped[str | None] = mapped_column(String(128))
+    params: Mapped[dict] = mapped_column(JSON, default=dict)
+    idempotency_key: Mapped[str | None] = mapped_column(String(256), unique=True)
+
+    @property
+    def dagster_run_id(self) -> str | None:
+        return self.dagster_run_ids[-1] if self.dagster_run_ids else None
+
+    def to_dict(self) -> dict:
+        return {**super().to_dict(), "dagster_run_id": self.dagster_run_id}
+
+
+class RegisteredModel(Base):
+    """A trained detector that detection runs can name."""
+
+    __tablename__ = "dp_models"
+    __table_args__ = (UniqueConstraint("name", "version"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), index=True)
+    version: Mapped[int] = mapped_column(Integer)
+    classes: Mapped[list] = mapped_column(JSON)
+    config: Mapped[str] = mapped_column(Text)
+    checkpoint: Mapped[str] = mapped_column(Text)
+    metrics: Mapped[dict] = mapped_column(JSON, default=dict)
+    training_record_id: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -1,0 +1,40 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="detection_pipeline",
+    version="0.1.0",
+    description="MMDetection training and detection as a sequential Dagster job queue",
+    packages=find_packages(exclude=["detection_pipeline_tests*"]),
+    package_data={
+        "detection_pipeline": [
+            "instance/dagster.yaml",
+            "mmdet_runner/configs/*.py",
+            "records/migrations/script.py.mako",
+        ]
+    },
+    python_requires=">=3.10,<3.13",
+    install_requires=[
+        "dagster==1.13.*",
+        "dagster-webserver==1.13.*",
+        "dagster-graphql==1.13.*",
+        "dagster-postgres==0.29.*",  # the release that goes with dagster 1.13
+        "alembic>=1.13",
+        "sqlalchemy>=2.0",
+        # Pinned exactly: any looser pin pulls a multi-GB CUDA build of torch.
+        "torch==2.13.0",
+        "mmengine==0.10.7",
+        # No CPU wheel on PyPI: built from source, or taken from a local wheel folder
+        # (PIP_FIND_LINKS); see README.md.
+        "mmcv==2.1.0",
+        "mmdet==3.3.0",
+        "pycocotools",
+        "pillow",
+        "matplotlib",
+        "pyyaml",
+        # mmengine imports pkg_resources at run time (setuptools 81 dropped it); torch 2.13
+        # needs at least 77.0.3.
+        "setuptools>=77.0.3,<81",
+    ],
+    extras_require={"test": ["pytest>=8", "pytest-timeout"]},
+    entry_points={"console_scripts": ["detection-pipeline=detection_pipeline.cli:main"]},
+)
