@@ -19,7 +19,8 @@ setup(
         "dagster-graphql==1.13.*",
         "dagster-postgres==0.29.*",  # the release that goes with dagster 1.13
         "alembic>=1.13",
-        "sqlalchemy>=2.0",
+        # 2.1 connects postgresql:// URLs with psycopg 3; dagster-postgres brings psycopg2.
+        "sqlalchemy>=2.0,<2.1",
         # Pinned exactly: any looser pin pulls a multi-GB CUDA build of torch.
         "torch==2.13.0",
         "mmengine==0.10.7",

@@ -7,33 +7,25 @@ SIGINT to the run worker only, and Pipes forwards it to its direct child only.
 
 import os
 import queue
-import signal
 import subprocess
 import threading
 import time
 from pathlib import Path
 
-from dagster import Failure, MetadataValue, OpExecutionContext, open_pipes_session
-from dagster._core.pipes.utils import PipesTempFileContextInjector, PipesTempFileMessageReader
+from dagster import (
+    Failure,
+    MetadataValue,
+    OpExecutionContext,
+    PipesTempFileContextInjector,
+    PipesTempFileMessageReader,
+    open_pipes_session,
+)
 
 from ..mmdet_runner.specs import InferSpec, TrainSpec
+from ..process_group import kill_process_group
 
-KILL_GRACE_SECONDS = 5.0
 LOG_FLUSH_SECONDS = 1.0
 FAILURE_TAIL_LINES = 30
-
-
-def kill_process_group(process: subprocess.Popen, grace_seconds: float = KILL_GRACE_SECONDS) -> None:
-    """SIGTERM to the child's whole group, SIGKILL to whatever is left after the grace period."""
-    for sig, wait in ((signal.SIGTERM, grace_seconds), (signal.SIGKILL, None)):
-        try:
-            os.killpg(process.pid, sig)
-        except ProcessLookupError:
-            return  # the group is empty: nothing left to kill
-        try:
-            process.wait(timeout=wait)
-        except subprocess.TimeoutExpired:
-            pass
 
 
 def _read_lines(stream, lines: queue.Queue, log_file) -> None:

@@ -13,8 +13,8 @@ from pydantic import Field
 from ..datasets.validation import find_images
 from ..errors import InputError
 from ..mmdet_runner.specs import COCO_RESULTS_FILE, DETECTIONS_FILE, DRAWN_DIR, InferSpec
-from ..models import resolve_model
-from ..records import record_store
+from ..models import ModelFiles, resolve_model
+from ..records import RecordStore, record_store
 from ..records.schema import Kind
 from ..resources import MMDetRunner, RunFolders
 from .record_lifecycle import cleanup, record_failure, start_record
@@ -52,15 +52,18 @@ def _stage(images: list[Path], staging: Path) -> list[str]:
     return staged
 
 
+def check_inputs(config: DetectConfig, store: RecordStore, roots: tuple[Path, ...]) -> tuple[ModelFiles, list[Path]]:
+    """The model's files and the images; raises InputError. Submission checks the same."""
+    model = resolve_model(store, roots, config.model, config.model_config_path, config.checkpoint_path)
+    return model, find_images(config.images, roots)
+
+
 @op(out=Out(DetectionPlan))
 def prepare_inputs(context: OpExecutionContext, config: DetectConfig, folders: RunFolders) -> DetectionPlan:
     """Checks the images and the model, and stages the images in the run's folder."""
     record = start_record(context, folders, Kind.DETECTION.value, config.model_dump(), config.model or None)
     try:
-        model = resolve_model(
-            record_store(context.instance), folders.roots, config.model, config.model_config_path, config.checkpoint_path
-        )
-        images = find_images(config.images, folders.roots)
+        model, images = check_inputs(config, record_store(context.instance), folders.roots)
     except InputError as error:
         raise Failure(description=str(error), allow_retries=False) from error
     run_dir = folders.run_dir(record.id)

@@ -47,13 +47,22 @@ class TrainingPlan:
         return Path(self.spec.work_dir)
 
 
-def _write_split(config: TrainConfig, staging: Path, roots: tuple[Path, ...]) -> tuple[Path, Path, Path, list[str]]:
-    """(images folder, train annotations, val annotations, classes) with the annotations in staging."""
+def check_dataset(config: TrainConfig, roots: tuple[Path, ...]) -> tuple[Path, dict, dict | None]:
+    """(images folder, annotations, validation annotations or None); raises InputError.
+
+    Submission checks the same."""
+    if not MODEL_NAME.match(config.name):
+        raise InputError(f"model name {config.name!r} is not allowed: use letters, digits, '_', '-', '.' (64 at most)")
     annotations, images_dir, val_annotations = dataset_files(config.dataset, roots)
     coco = load_coco(annotations, images_dir)
-    if val_annotations:
-        train, val = coco, load_coco(val_annotations, images_dir)
-    else:
+    return images_dir, coco, load_coco(val_annotations, images_dir) if val_annotations else None
+
+
+def _write_split(config: TrainConfig, staging: Path, roots: tuple[Path, ...]) -> tuple[Path, Path, Path, list[str]]:
+    """(images folder, train annotations, val annotations, classes) with the annotations in staging."""
+    images_dir, coco, val = check_dataset(config, roots)
+    train = coco
+    if val is None:
         train, val = split_coco(coco, config.val_fraction, config.seed)
     staging.mkdir(parents=True, exist_ok=True)
     (staging / "train.json").write_text(json.dumps(train))
@@ -67,8 +76,6 @@ def prepare_dataset(context: OpExecutionContext, config: TrainConfig, folders: R
     """Checks the COCO dataset and splits it into training and validation when it has no split."""
     record = start_record(context, folders, Kind.TRAINING.value, config.model_dump(), config.name)
     try:
-        if not MODEL_NAME.match(config.name):
-            raise InputError(f"model name {config.name!r} is not allowed: use letters, digits, '_', '-', '.' (64 at most)")
         images_dir, train, val, classes = _write_split(config, folders.staging_dir(record.id), folders.roots)
     except InputError as error:
         raise Failure(description=str(error), allow_retries=False) from error

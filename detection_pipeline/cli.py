@@ -1,0 +1,282 @@
+"""detection-pipeline: set up a Dagster home, start it, submit and follow runs."""
+
+import contextlib
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import click
+
+from .datasets.synthetic import make_dataset
+from .errors import InputError
+from .instance import dagster_home, use_home, write_instance_config
+from .process_group import kill_process_group
+from .records import RecordNotFound
+from .records.schema import Kind, RunRecord, Status
+from .records.service import DEFINITIONS_MODULE, RunService
+from .settings import Settings
+
+DEFAULT_PORT = 3000
+DAEMON_START_TIMEOUT_SECONDS = 120
+
+
+def _home() -> Path:
+    """The Dagster home, initialised with the embedded default (SQLite) on first use."""
+    home = use_home(dagster_home())
+    if not (home / "dagster.yaml").exists():
+        write_instance_config(home)
+    settings = Settings.load(home)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    return home
+
+
+@contextlib.contextmanager
+def _service() -> Iterator[RunService]:
+    from dagster import DagsterInstance
+
+    home = _home()
+    with DagsterInstance.get() as instance:
+        yield RunService(instance, Settings.load(home))
+
+
+def _print_record(record: RunRecord, as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(record.to_dict(), indent=2))
+        return
+    click.echo(f"run {record.id} ({record.kind}, queue {record.queue}, priority {record.priority}): {record.status}")
+    click.echo(f"  dagster run: {record.dagster_run_id}")
+    click.echo(f"  output folder: {record.output_dir or '(made when the run starts)'}")
+    if record.error:
+        click.echo(f"  error: {record.error}")
+
+
+def _submit_and_report(kind: str, params: dict, queue, priority, key, wait: bool, as_json: bool) -> None:
+    with _service() as service:
+        try:
+            record = service.submit(kind, params, queue=queue, priority=priority, key=key)
+        except InputError as error:
+            raise click.ClickException(str(error)) from error
+        if wait:
+            if not as_json:
+                click.echo(f"run {record.id} queued; waiting for it to finish…")
+            record = service.wait(record.id)
+    _print_record(record, as_json)
+    if wait and record.status != Status.SUCCESS.value:
+        sys.exit(1)
+
+
+queue_options = [
+    click.option("--queue", help="Queue to put the run in (default: detection for detect, default for train)."),
+    click.option("--priority", type=int, help="Overrides the queue's priority; higher runs first."),
+    click.option("--key", help="Idempotency key: submitting the same key again returns the first run."),
+    click.option("--wait", is_flag=True, help="Block until the run ends; exit 1 unless it succeeded."),
+    click.option("--json", "as_json", is_flag=True, help="Print the run's record as JSON."),
+]
+
+
+def with_queue_options(command):
+    for option in reversed(queue_options):
+        command = option(command)
+    return command
+
+
+@click.group()
+def main():
+    """MMDetection training and detection as a sequential Dagster job queue.
+
+    Works on the Dagster home in $DAGSTER_HOME (default ~/.detection_pipeline).
+    """
+
+
+@main.command()
+@click.option("--postgres", "postgres_url", help="Keep Dagster's storage and the records in this PostgreSQL database (postgresql://user:pass@host:5432/db) instead of SQLite.")
+@click.option("--input-root", "input_roots", multiple=True, type=click.Path(file_okay=False), help="A folder runs may read images and datasets from (repeatable; default: HOME/data).")
+@click.option("--python", "python_executable", help="Python that runs MMDetection (default: this one).")
+@click.option("--timeout", "timeout_seconds", type=int, help="Seconds after which a run's MMDetection work is killed.")
+def init(postgres_url, input_roots, python_executable, timeout_seconds):
+    """Write DAGSTER_HOME/dagster.yaml (SQLite by default) and detection_pipeline.yaml."""
+    home = use_home(dagster_home())
+    config = write_instance_config(home, postgres_url)
+    settings = Settings.load(home)
+    changes = {
+        "input_roots": tuple(Path(root).expanduser().resolve() for root in input_roots) or None,
+        "python_executable": python_executable,
+        "timeout_seconds": timeout_seconds,
+    }
+    import dataclasses
+
+    settings = dataclasses.replace(settings, **{k: v for k, v in changes.items() if v})
+    settings_file = settings.save()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    with _service():  # creates or migrates the records tables
+        pass
+    click.echo(f"Dagster home: {home}\n  instance: {config}\n  settings: {settings_file}")
+    click.echo(f"  storage: {'PostgreSQL' if postgres_url else 'SQLite in ' + str(home / 'storage')}")
+    click.echo(f"  inputs allowed from: {', '.join(map(str, settings.input_roots))}")
+
+
+def _start_dagster(command: list[str], log_file: Path | None = None) -> subprocess.Popen:
+    """Starts a Dagster service; its output goes to log_file when one is given."""
+    output = log_file.open("a") if log_file else None
+    # A session of its own, so stopping reaches the code servers and run workers it started.
+    return subprocess.Popen(command, start_new_session=True, stdout=output, stderr=subprocess.STDOUT if output else None)
+
+
+@main.command()
+@click.option("--port", default=DEFAULT_PORT, show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on; the UI has no login, so keep it local unless it is behind an authenticating proxy.")
+def up(port, host):
+    """Start the Dagster webserver and daemon for this home; Ctrl-C stops both."""
+    home = _home()
+    process = _start_dagster(
+        ["dagster", "dev", "-m", DEFINITIONS_MODULE, "--host", host, "--port", str(port)]
+    )
+    click.echo(f"Dagster UI: http://{host}:{port} (home {home}); Ctrl-C stops it")
+    try:
+        process.wait()
+    except KeyboardInterrupt:
+        click.echo("stopping…")
+    finally:
+        kill_process_group(process, grace_seconds=15)
+
+
+@main.command("make-dataset")
+@click.argument("out", type=click.Path(file_okay=False))
+@click.option("--images", default=24, show_default=True)
+@click.option("--size", default=128, show_default=True, help="Image side in pixels.")
+@click.option("--seed", default=0, show_default=True)
+def make_dataset_command(out, images, size, seed):
+    """Write a small synthetic COCO dataset (bright rectangles on noise) to OUT."""
+    annotations = make_dataset(Path(out), images=images, size=size, seed=seed)
+    click.echo(f"{images} images of {size}x{size} in {Path(out) / 'images'}, annotations {annotations}")
+
+
+@main.command()
+@click.option("--dataset", required=True, help="Dataset folder: annotations.json (COCO) and images/.")
+@click.option("--name", required=True, help="Register the trained model under this name.")
+@click.option("--epochs", type=int, help="Training epochs (default 30).")
+@with_queue_options
+def train(dataset, name, epochs, queue, priority, key, wait, as_json):
+    """Submit a training run to the queue."""
+    params = {"dataset": str(Path(dataset).expanduser().resolve()), "name": name}
+    if epochs:
+        params["epochs"] = epochs
+    _submit_and_report(Kind.TRAINING.value, params, queue, priority, key, wait, as_json)
+
+
+@main.command()
+@click.option("--images", required=True, multiple=True, help="Image file or folder (repeatable).")
+@click.option("--model", required=True, help="Registered model: name or name:version.")
+@click.option("--score-thr", "score_threshold", type=float, help="Minimum score of a detection (default 0.3).")
+@click.option("--device", help="cpu, cuda or cuda:N (default cpu).")
+@with_queue_options
+def detect(images, model, score_threshold, device, queue, priority, key, wait, as_json):
+    """Submit a detection run to the queue."""
+    params = {"images": [str(Path(image).expanduser().resolve()) for image in images], "model": model}
+    optional = {"score_threshold": score_threshold, "device": device}
+    params.update({k: v for k, v in optional.items() if v is not None})
+    _submit_and_report(Kind.DETECTION.value, params, queue, priority, key, wait, as_json)
+
+
+@main.command()
+@click.option("--status", type=click.Choice([s.value for s in Status]))
+@click.option("--queue")
+@click.option("--json", "as_json", is_flag=True)
+def runs(status, queue, as_json):
+    """List runs, oldest first."""
+    with _service() as service:
+        records = [service.reconcile(r) for r in service.store.list_runs(status=status, queue=queue)]
+    if as_json:
+        click.echo(json.dumps([r.to_dict() for r in records], indent=2))
+        return
+    click.echo(f"{'id':>5}  {'kind':<9} {'status':<10} {'queue':<10} {'model':<16} created")
+    for r in records:
+        click.echo(f"{r.id:>5}  {r.kind:<9} {r.status:<10} {r.queue:<10} {(r.model or ''):<16} {r.created_at:%Y-%m-%d %H:%M:%S}")
+
+
+@main.command()
+@click.argument("record_id", type=int)
+@click.option("--json", "as_json", is_flag=True)
+def show(record_id, as_json):
+    """Show one run."""
+    with _service() as service:
+        try:
+            record = service.reconcile(service.store.get_run(record_id))
+        except RecordNotFound as error:
+            raise click.ClickException(str(error)) from error
+    _print_record(record, as_json)
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True)
+def models(as_json):
+    """List registered models."""
+    with _service() as service:
+        registered = service.store.list_models()
+    if as_json:
+        click.echo(json.dumps([m.to_dict() for m in registered], indent=2))
+        return
+    for m in registered:
+        click.echo(f"{m.name}:{m.version}  classes {', '.join(m.classes)}  bbox mAP {m.metrics.get('bbox_mAP', 0):.3f}  {m.checkpoint}")
+
+
+def _daemon_running(instance) -> bool:
+    heartbeats = instance.get_daemon_heartbeats()
+    newest = max((h.timestamp for h in heartbeats.values()), default=0)
+    return time.time() - newest < 30
+
+
+@contextlib.contextmanager
+def _daemon(instance) -> Iterator[None]:
+    """The daemon of this home: the running one, or one started for the duration."""
+    if _daemon_running(instance):
+        yield
+        return
+    log_file = Path(instance.root_directory) / "daemon.log"
+    click.echo(f"starting the Dagster daemon for this home (its log: {log_file})…")
+    process = _start_dagster(["dagster-daemon", "run", "-m", DEFINITIONS_MODULE], log_file)
+    try:
+        deadline = time.monotonic() + DAEMON_START_TIMEOUT_SECONDS
+        while not _daemon_running(instance):
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise click.ClickException(f"the Dagster daemon did not start; see {log_file}")
+            time.sleep(1)
+        yield
+    finally:
+        kill_process_group(process, grace_seconds=15)
+
+
+@main.command()
+@click.option("--epochs", default=30, show_default=True)
+def demo(epochs):
+    """Train a tiny detector on synthetic images, then detect with it, through the queue."""
+    from .datasets.recall import recall
+    from .mmdet_runner.specs import DETECTIONS_FILE, DRAWN_DIR
+
+    with _service() as service:
+        data = service.settings.data_dir
+        make_dataset(data / "demo-train", images=24, seed=0)
+        make_dataset(data / "demo-unseen", images=16, seed=1)
+        with _daemon(service.instance):
+            click.echo(f"training model 'demo' for {epochs} epochs on {data / 'demo-train'}…")
+            trained = service.submit(Kind.TRAINING.value, {"dataset": str(data / "demo-train"), "name": "demo", "epochs": epochs})
+            trained = service.wait(trained.id)
+            _print_record(trained, as_json=False)
+            if trained.status != Status.SUCCESS.value:
+                sys.exit(1)
+            click.echo(f"detecting on {data / 'demo-unseen' / 'images'}…")
+            detected = service.submit(Kind.DETECTION.value, {"images": [str(data / "demo-unseen" / "images")], "model": "demo"})
+            detected = service.wait(detected.id)
+        _print_record(detected, as_json=False)
+        if detected.status != Status.SUCCESS.value:
+            sys.exit(1)
+        output = Path(detected.output_dir)
+        found = recall(output / DETECTIONS_FILE, data / "demo-unseen" / "annotations.json")
+        model = service.store.find_model("demo")
+    click.echo(f"\nmodel demo:{model.version}: bbox mAP {model.metrics['bbox_mAP']:.3f} (best epoch {model.metrics['best_epoch']})")
+    click.echo(f"found {found:.0%} of the rectangles in the unseen images (IoU >= 0.5)")
+    click.echo(f"detections: {output / DETECTIONS_FILE}\ndrawn images: {output / DRAWN_DIR}")
+    click.echo(f"see both runs in the UI: `detection-pipeline up`, then http://127.0.0.1:{DEFAULT_PORT}")

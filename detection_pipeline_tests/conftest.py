@@ -1,0 +1,161 @@
+"""Fixtures: Dagster homes on SQLite and PostgreSQL, tiny datasets, a tiny model trained once."""
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from dagster import DagsterInstance, instance_for_test
+
+from detection_pipeline.datasets.synthetic import make_dataset
+from detection_pipeline.definitions import build_resources
+from detection_pipeline.instance import write_instance_config
+from detection_pipeline.jobs.train import train
+from detection_pipeline.process_group import kill_process_group
+from detection_pipeline.records.service import DEFINITIONS_MODULE
+from detection_pipeline.settings import Settings
+
+POSTGRES_ADMIN_URL = os.environ.get(
+    "DETECTION_PIPELINE_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
+REQUIRE_POSTGRES = os.environ.get("DETECTION_PIPELINE_REQUIRE_POSTGRES") == "1"
+TRAIN_EPOCHS = 30
+
+
+def train_config(dataset: Path, name: str, epochs: int = TRAIN_EPOCHS) -> dict:
+    return {"ops": {"prepare_dataset": {"config": {"dataset": str(dataset), "name": name, "epochs": epochs}}}}
+
+
+def detect_config(images, model: str = "", **extra) -> dict:
+    images = [str(image) for image in (images if isinstance(images, list) else [images])]
+    return {"ops": {"prepare_inputs": {"config": {"images": images, "model": model, **extra}}}}
+
+
+@pytest.fixture(scope="session")
+def postgres_admin() -> sa.Engine:
+    engine = sa.create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect():
+            pass
+    except sa.exc.OperationalError as error:
+        if REQUIRE_POSTGRES:
+            raise
+        pytest.skip(f"PostgreSQL not reachable at {POSTGRES_ADMIN_URL}: {error}")
+    return engine
+
+
+@pytest.fixture
+def postgres_url(postgres_admin):
+    """A new, empty PostgreSQL database for one test."""
+    name = f"dp_test_{uuid.uuid4().hex[:12]}"
+    with postgres_admin.connect() as connection:
+        connection.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    yield POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
+    with postgres_admin.connect() as connection:
+        connection.execute(sa.text(f'DROP DATABASE "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture(scope="session")
+def datasets(tmp_path_factory) -> Path:
+    """Training images (seed 0) and unseen images (seed 1), each with their known boxes."""
+    root = tmp_path_factory.mktemp("datasets")
+    make_dataset(root / "train", images=24, seed=0)
+    make_dataset(root / "unseen", images=16, seed=1)
+    return root
+
+
+def make_home(path: Path, postgres_url: str | None = None, input_roots=()) -> Settings:
+    """A Dagster home the way `detection-pipeline init` makes it."""
+    path.mkdir(parents=True, exist_ok=True)
+    write_instance_config(path, postgres_url)
+    settings = Settings.load(path)
+    if input_roots:
+        settings = Settings(home=path, input_roots=tuple(Path(r).resolve() for r in input_roots))
+        settings.save()
+    return settings
+
+
+@pytest.fixture(scope="session")
+def trained_model(tmp_path_factory, datasets):
+    """The tiny model trained once for the session, for real: (home settings, registered model)."""
+    home = tmp_path_factory.mktemp("trained_home")
+    settings = make_home(home, input_roots=[datasets, home / "models"])
+    with instance_for_test(temp_dir=str(home)) as instance:
+        result = train.execute_in_process(
+            run_config=train_config(datasets / "train", "tiny"),
+            instance=instance,
+            resources=build_resources(settings),
+        )
+        assert result.success
+        from detection_pipeline.records import record_store
+
+        model = record_store(instance).find_model("tiny")
+    return settings, model
+
+
+class DagsterHome:
+    """A Dagster home with a real daemon: what `detection-pipeline up` runs, minus the UI."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.daemon: subprocess.Popen | None = None
+
+    @property
+    def env(self) -> dict:
+        return {**os.environ, "DAGSTER_HOME": str(self.settings.home)}
+
+    def instance(self) -> DagsterInstance:
+        os.environ["DAGSTER_HOME"] = str(self.settings.home)
+        return DagsterInstance.get()
+
+    def start_daemon(self) -> None:
+        log = (self.settings.home / "daemon.log").open("a")
+        self.daemon = subprocess.Popen(
+            [str(Path(sys.executable).parent / "dagster-daemon"), "run", "-m", DEFINITIONS_MODULE],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def stop_daemon(self) -> None:
+        if self.daemon:
+            kill_process_group(self.daemon, grace_seconds=15)
+            self.daemon = None
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def daemon_home(request, tmp_path, datasets, trained_model):
+    """A home on SQLite or PostgreSQL with its daemon running and the tiny model's files allowed."""
+    postgres_url = request.getfixturevalue("postgres_url") if request.param == "postgres" else None
+    _, model = trained_model
+    settings = make_home(tmp_path / "home", postgres_url, input_roots=[datasets, Path(model.checkpoint).parent])
+    home = DagsterHome(settings)
+    previous = os.environ.get("DAGSTER_HOME")
+    home.start_daemon()
+    yield home
+    home.stop_daemon()
+    if previous is None:
+        os.environ.pop("DAGSTER_HOME", None)
+    else:
+        os.environ["DAGSTER_HOME"] = previous
+
+
+def wait_until(condition, timeout: float = 60, poll: float = 0.5):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(poll)
+    raise AssertionError(f"condition not met within {timeout} s")
+
+
+def copy_tree(source: Path, target: Path) -> Path:
+    shutil.copytree(source, target)
+    return target

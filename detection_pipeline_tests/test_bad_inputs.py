@@ -1,0 +1,156 @@
+"""Bad input: submission refuses it with a message that says what to fix; a run that meets it
+fails the same way, writes and deletes nothing outside its own folder."""
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from dagster import instance_for_test
+
+from detection_pipeline.definitions import build_resources
+from detection_pipeline.errors import InputError
+from detection_pipeline.jobs.detect import detect
+from detection_pipeline.jobs.train import train
+from detection_pipeline.records import record_store
+from detection_pipeline.records.service import RunService
+
+from .conftest import detect_config, make_home, train_config
+
+
+@pytest.fixture
+def world(tmp_path, trained_model):
+    """A home whose data folder holds good and bad inputs, plus a folder outside the data roots."""
+    settings = make_home(tmp_path / "home")
+    data = settings.data_dir
+    (data / "good").mkdir(parents=True)
+    (data / "empty").mkdir()
+    (data / "notes").mkdir()
+    (data / "notes" / "readme.txt").write_text("not an image")
+    (data / "corrupt").mkdir()
+    (data / "corrupt" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.png").write_bytes((Path(__file__).parent / "conftest.py").read_bytes())
+    os.symlink(outside, data / "link-to-outside")
+    model = trained_model[1]
+    shutil.copy(model.config, data / "config.py")
+    shutil.copy(model.checkpoint, data / "model.pth")
+    return settings, outside
+
+
+def files_outside_the_run(settings) -> dict:
+    """Every file of the test's world (not following links) with its size and mtime, except
+    the run folders and the databases and logs of Dagster and the records."""
+    home = settings.home
+    skip = [settings.runs_dir, home / "history", home / "storage", home / "logs", home / "schedules", home / "records.db"]
+    files = {}
+    for folder, _, names in os.walk(home.parent):
+        for name in names:
+            path = Path(folder) / name
+            if not any(str(path).startswith(str(prefix)) for prefix in skip):
+                stat = path.lstat()
+                files[str(path)] = (stat.st_size, stat.st_mtime_ns)
+    return files
+
+
+DETECTION_CASES = {
+    "missing folder": ({"images": ["{data}/nope"], "model": "tiny"}, "does not exist"),
+    "folder without images": ({"images": ["{data}/empty"], "model": "tiny"}, "has no images"),
+    "non-image file": ({"images": ["{data}/notes/readme.txt"], "model": "tiny"}, "is not an image file"),
+    "corrupt image": ({"images": ["{data}/corrupt"], "model": "tiny"}, "not readable images: broken.png"),
+    "unknown model": ({"images": ["{data}/good"], "model": "nosuch"}, "unknown model 'nosuch'"),
+    "outside the data roots": ({"images": ["{outside}"], "model": "tiny"}, "outside the allowed data folders"),
+    "symlink out of the data roots": (
+        {"images": ["{data}/link-to-outside"], "model": "tiny"},
+        "outside the allowed data folders",
+    ),
+    "missing checkpoint": (
+        {"images": ["{data}/good"], "model_config_path": "{data}/config.py", "checkpoint_path": "{data}/gone.pth"},
+        "checkpoint file of model gone.pth is missing",
+    ),
+    "bad device": ({"images": ["{data}/good"], "model": "tiny", "device": "gpu0"}, "device"),
+}
+
+
+def _fill(params: dict, settings, outside) -> dict:
+    text = json.dumps(params).replace("{data}", str(settings.data_dir)).replace("{outside}", str(outside))
+    return json.loads(text)
+
+
+@pytest.mark.parametrize("case", DETECTION_CASES)
+def test_bad_detection_input_is_refused_and_fails_the_run(world, trained_model, case, datasets):
+    settings, outside = world
+    shutil.copytree(datasets / "unseen" / "images", settings.data_dir / "good", dirs_exist_ok=True)
+    params, message = DETECTION_CASES[case]
+    params = _fill(params, settings, outside)
+    model = trained_model[1]
+    with instance_for_test(temp_dir=str(settings.home)) as instance:
+        service = RunService(instance, settings)
+        service.store.register_model("tiny", classes=model.classes, config=model.config, checkpoint=model.checkpoint, metrics={})
+        with pytest.raises(InputError, match=message):
+            service.submit("detection", params)
+        assert service.store.list_runs() == []  # a refused submission leaves no record
+
+        if case == "bad device":
+            return  # Dagster's config check refuses it before any op runs
+        before = files_outside_the_run(settings)
+        result = detect.execute_in_process(
+            run_config={"ops": {"prepare_inputs": {"config": params}}},
+            instance=instance,
+            resources=build_resources(settings),
+            raise_on_error=False,
+        )
+        assert not result.success
+        [record] = record_store(instance).list_runs()
+    assert record.status == "error"
+    assert message in record.error
+    assert files_outside_the_run(settings) == before
+    assert not (Path(record.output_dir) / "staging").exists()
+
+
+def _broken_coco(folder: Path, datasets: Path) -> Path:
+    shutil.copytree(datasets / "train", folder)
+    coco = json.loads((folder / "annotations.json").read_text())
+    coco["annotations"][0]["image_id"] = 999
+    coco["annotations"][1]["category_id"] = 7
+    (coco["images"][2]).update(file_name="missing.png")
+    (folder / "annotations.json").write_text(json.dumps(coco))
+    return folder
+
+
+def test_broken_coco_is_refused_with_every_problem_named(world, datasets):
+    settings, _ = world
+    dataset = _broken_coco(settings.data_dir / "broken", datasets)
+    with instance_for_test(temp_dir=str(settings.home)) as instance:
+        service = RunService(instance, settings)
+        with pytest.raises(InputError) as refused:
+            service.submit("training", {"dataset": str(dataset), "name": "m"})
+        before = files_outside_the_run(settings)
+        result = train.execute_in_process(
+            run_config=train_config(dataset, "m"), instance=instance, resources=build_resources(settings), raise_on_error=False
+        )
+        [record] = record_store(instance).list_runs()
+    message = str(refused.value)
+    for problem in ("unknown image 999", "unknown category 7", "missing.png is missing"):
+        assert problem in message and problem in record.error
+    assert not result.success and record.status == "error"
+    assert files_outside_the_run(settings) == before
+
+
+@pytest.mark.parametrize(
+    "params, message",
+    [
+        ({"dataset": "{data}/nope", "name": "m"}, "does not exist"),
+        ({"dataset": "{data}/empty", "name": "m"}, "needs annotations.json"),
+        ({"dataset": "{outside}", "name": "m"}, "outside the allowed data folders"),
+        ({"dataset": "{data}/empty", "name": "../evil"}, "model name '../evil' is not allowed"),
+        ({"dataset": "{data}/empty", "name": "m", "epochs": 0}, "epochs"),
+    ],
+)
+def test_bad_training_input_is_refused(world, params, message):
+    settings, outside = world
+    with instance_for_test(temp_dir=str(settings.home)) as instance:
+        with pytest.raises(InputError, match=message):
+            RunService(instance, settings).submit("training", _fill(params, settings, outside))
