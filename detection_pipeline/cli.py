@@ -1,7 +1,9 @@
 """detection-pipeline: set up a Dagster home, start it, submit and follow runs."""
 
 import contextlib
+import dataclasses
 import json
+import signal
 import subprocess
 import sys
 import time
@@ -106,8 +108,6 @@ def init(postgres_url, input_roots, python_executable, timeout_seconds):
         "python_executable": python_executable,
         "timeout_seconds": timeout_seconds,
     }
-    import dataclasses
-
     settings = dataclasses.replace(settings, **{k: v for k, v in changes.items() if v})
     settings_file = settings.save()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -118,11 +118,34 @@ def init(postgres_url, input_roots, python_executable, timeout_seconds):
     click.echo(f"  inputs allowed from: {', '.join(map(str, settings.input_roots))}")
 
 
+def _stop_on_signals() -> None:
+    """Ctrl-C or SIGTERM raise KeyboardInterrupt, even where SIGINT came in ignored (a shell
+    starts background jobs that way), so the Dagster services are always stopped."""
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, interrupt)
+
+
+def _interruptible() -> None:
+    # Dagster maps SIGTERM to its SIGINT handler, so a service started with SIGINT ignored
+    # (as a shell starts background jobs) would ignore SIGTERM too and never shut down cleanly.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _start_dagster(command: list[str], log_file: Path | None = None) -> subprocess.Popen:
     """Starts a Dagster service; its output goes to log_file when one is given."""
     output = log_file.open("a") if log_file else None
     # A session of its own, so stopping reaches the code servers and run workers it started.
-    return subprocess.Popen(command, start_new_session=True, stdout=output, stderr=subprocess.STDOUT if output else None)
+    return subprocess.Popen(
+        command,
+        start_new_session=True,
+        preexec_fn=_interruptible,
+        stdout=output,
+        stderr=subprocess.STDOUT if output else None,
+    )
 
 
 @main.command()
@@ -131,6 +154,7 @@ def _start_dagster(command: list[str], log_file: Path | None = None) -> subproce
 def up(port, host):
     """Start the Dagster webserver and daemon for this home; Ctrl-C stops both."""
     home = _home()
+    _stop_on_signals()
     process = _start_dagster(
         ["dagster", "dev", "-m", DEFINITIONS_MODULE, "--host", host, "--port", str(port)]
     )

@@ -46,6 +46,7 @@ def _coco_results(image: dict, classes: list[str]) -> list[dict]:
 def infer(spec: InferSpec, device: str, report) -> dict:
     """Writes detections.json, detections_coco.json and drawn images into spec.out_dir."""
     out_dir = Path(spec.out_dir)
+    started_at = time.time()  # wall clock: compared across runs by bench/queue_bench.py
     inferencer = DetInferencer(
         model=spec.config, weights=spec.checkpoint, device=device, show_progress=False
     )
@@ -82,6 +83,8 @@ def infer(spec: InferSpec, device: str, report) -> dict:
                 "classes": classes,
                 "score_threshold": spec.score_threshold,
                 "seconds": round(seconds, 3),
+                "started_at": started_at,
+                "finished_at": time.time(),
                 "images": images,
             },
             indent=1,
