@@ -10,6 +10,7 @@ Writes the figures to bench/results/queue_<time>.json so two commits can be comp
 """
 
 import argparse
+import itertools
 import json
 import statistics
 import subprocess
@@ -76,10 +77,18 @@ def main() -> None:
             _wait_for_daemon(instance)
             service = RunService(instance, settings)
             # Accuracy does not matter here: a 2-epoch model detects at the same speed.
-            trained = service.wait(service.submit("training", {"dataset": str(settings.data_dir / "train"), "name": "bench", "epochs": 2}).id)
+            trained = service.wait(
+                service.submit(
+                    "training",
+                    {"dataset": str(settings.data_dir / "train"), "name": "bench", "epochs": 2},
+                ).id
+            )
             assert trained.status == "success", trained.error
             started = time.time()
-            submitted = [service.submit("detection", {"images": [str(images_dir)], "model": "bench"}) for _ in range(args.runs)]
+            submitted = [
+                service.submit("detection", {"images": [str(images_dir)], "model": "bench"})
+                for _ in range(args.runs)
+            ]
             records = [service.wait(r.id) for r in submitted]
             queue_seconds = time.time() - started
             assert all(r.status == "success" for r in records), [r.error for r in records]
@@ -91,15 +100,25 @@ def main() -> None:
         (d["started_at"], d["finished_at"])
         for d in (json.loads((Path(r.output_dir) / DETECTIONS_FILE).read_text()) for r in records)
     )
-    gaps = [next_start - end for (_, end), (next_start, _) in zip(work, work[1:])]
+    gaps = [next_start - end for (_, end), (next_start, _) in itertools.pairwise(work)]
     images = sorted(str(p) for p in images_dir.iterdir())
     plain_seconds = float(
         subprocess.run(
-            [sys.executable, "-c", PLAIN_SCRIPT, model.config, model.checkpoint, str(args.runs), *images],
+            [
+                sys.executable,
+                "-c",
+                PLAIN_SCRIPT,
+                model.config,
+                model.checkpoint,
+                str(args.runs),
+                *images,
+            ],
             capture_output=True,
             text=True,
             check=True,
-        ).stdout.strip().splitlines()[-1]
+        )
+        .stdout.strip()
+        .splitlines()[-1]
     )
     figures = {
         "storage": "postgres" if args.postgres else "sqlite",
@@ -116,7 +135,9 @@ def main() -> None:
         print(f"{name:<{width}}  {value}")
     results = Path(__file__).parent / "results"
     results.mkdir(exist_ok=True)
-    (results / f"queue_{time.strftime('%Y%m%d-%H%M%S')}.json").write_text(json.dumps(figures, indent=2))
+    (results / f"queue_{time.strftime('%Y%m%d-%H%M%S')}.json").write_text(
+        json.dumps(figures, indent=2)
+    )
 
 
 if __name__ == "__main__":

@@ -25,42 +25,52 @@ DEFAULT_PORT = 3000
 DAEMON_START_TIMEOUT_SECONDS = 120
 
 
-def _home() -> Path:
-    """The Dagster home, initialised with the embedded default (SQLite) on first use."""
+def _settings() -> Settings:
+    """The Dagster home's settings; the home gets the embedded default (SQLite) on first use."""
     home = use_home(dagster_home())
     if not (home / "dagster.yaml").exists():
         write_instance_config(home)
     settings = Settings.load(home)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    return home
+    return settings
 
 
 @contextlib.contextmanager
 def _service() -> Iterator[RunService]:
     from dagster import DagsterInstance
 
-    home = _home()
+    settings = _settings()
     with DagsterInstance.get() as instance:
-        yield RunService(instance, Settings.load(home))
+        yield RunService(instance, settings)
 
 
 def _print_record(record: RunRecord, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(record.to_dict(), indent=2))
         return
-    click.echo(f"run {record.id} ({record.kind}, queue {record.queue}, priority {record.priority}): {record.status}")
+    click.echo(
+        f"run {record.id} ({record.kind}, queue {record.queue}, priority {record.priority}): {record.status}"
+    )
     click.echo(f"  dagster run: {record.dagster_run_id}")
     click.echo(f"  output folder: {record.output_dir or '(made when the run starts)'}")
     if record.error:
         click.echo(f"  error: {record.error}")
 
 
-def _submit_and_report(kind: str, params: dict, queue, priority, key, wait: bool, as_json: bool) -> None:
+def _submit_and_report(
+    kind: str, params: dict, queue, priority, key, wait: bool, as_json: bool
+) -> None:
     with _service() as service:
         try:
             record = service.submit(kind, params, queue=queue, priority=priority, key=key)
         except InputError as error:
             raise click.ClickException(str(error)) from error
+        if not _daemon_running(service.instance):
+            click.echo(
+                "no Dagster daemon is running for this home, so nothing will start the run: "
+                "run `detection-pipeline up` (in another terminal)",
+                err=True,
+            )
         if wait:
             if not as_json:
                 click.echo(f"run {record.id} queued; waiting for it to finish…")
@@ -71,10 +81,17 @@ def _submit_and_report(kind: str, params: dict, queue, priority, key, wait: bool
 
 
 queue_options = [
-    click.option("--queue", help="Queue to put the run in (default: detection for detect, default for train)."),
+    click.option(
+        "--queue",
+        help="Queue to put the run in (default: detection for detect, default for train).",
+    ),
     click.option("--priority", type=int, help="Overrides the queue's priority; higher runs first."),
-    click.option("--key", help="Idempotency key: submitting the same key again returns the first run."),
-    click.option("--wait", is_flag=True, help="Block until the run ends; exit 1 unless it succeeded."),
+    click.option(
+        "--key", help="Idempotency key: submitting the same key again returns the first run."
+    ),
+    click.option(
+        "--wait", is_flag=True, help="Block until the run ends; exit 1 unless it succeeded."
+    ),
     click.option("--json", "as_json", is_flag=True, help="Print the run's record as JSON."),
 ]
 
@@ -94,55 +111,69 @@ def main():
 
 
 @main.command()
-@click.option("--postgres", "postgres_url", help="Keep Dagster's storage and the records in this PostgreSQL database (postgresql://user:pass@host:5432/db) instead of SQLite.")
-@click.option("--input-root", "input_roots", multiple=True, type=click.Path(file_okay=False), help="A folder runs may read images and datasets from (repeatable; default: HOME/data).")
-@click.option("--python", "python_executable", help="Python that runs MMDetection (default: this one).")
-@click.option("--timeout", "timeout_seconds", type=int, help="Seconds after which a run's MMDetection work is killed.")
+@click.option(
+    "--postgres",
+    "postgres_url",
+    help="Keep Dagster's storage and the records in this PostgreSQL database (postgresql://user:pass@host:5432/db) instead of SQLite.",
+)
+@click.option(
+    "--input-root",
+    "input_roots",
+    multiple=True,
+    type=click.Path(file_okay=False),
+    help="A folder runs may read images and datasets from, besides HOME/data (repeatable).",
+)
+@click.option(
+    "--python", "python_executable", help="Python that runs MMDetection (default: this one)."
+)
+@click.option(
+    "--timeout",
+    "timeout_seconds",
+    type=int,
+    help="Seconds after which a run's MMDetection work is killed.",
+)
 def init(postgres_url, input_roots, python_executable, timeout_seconds):
     """Write DAGSTER_HOME/dagster.yaml (SQLite by default) and detection_pipeline.yaml."""
     home = use_home(dagster_home())
     config = write_instance_config(home, postgres_url)
     settings = Settings.load(home)
     changes = {
-        "input_roots": tuple(Path(root).expanduser().resolve() for root in input_roots) or None,
+        "input_roots": tuple(Path(root) for root in input_roots),
         "python_executable": python_executable,
         "timeout_seconds": timeout_seconds,
     }
     settings = dataclasses.replace(settings, **{k: v for k, v in changes.items() if v})
     settings_file = settings.save()
+    settings = Settings.load(home)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     with _service():  # creates or migrates the records tables
         pass
     click.echo(f"Dagster home: {home}\n  instance: {config}\n  settings: {settings_file}")
-    click.echo(f"  storage: {'PostgreSQL' if postgres_url else 'SQLite in ' + str(home / 'storage')}")
+    click.echo(
+        f"  storage: {'PostgreSQL' if postgres_url else 'SQLite in ' + str(home / 'storage')}"
+    )
     click.echo(f"  inputs allowed from: {', '.join(map(str, settings.input_roots))}")
 
 
-def _stop_on_signals() -> None:
-    """Ctrl-C or SIGTERM raise KeyboardInterrupt, even where SIGINT came in ignored (a shell
-    starts background jobs that way), so the Dagster services are always stopped."""
+def _start_dagster(command: list[str], log_file: Path | None = None) -> subprocess.Popen:
+    """Starts a Dagster service, stopped by the caller; its output goes to log_file if given.
+
+    From here on Ctrl-C and SIGTERM raise KeyboardInterrupt in this process, so the caller can
+    stop the service. That also means no SIGINT is ignored when the service starts (a shell
+    starts background jobs that way): Dagster maps SIGTERM to its SIGINT handler, and a service
+    that ignores SIGINT could never be stopped cleanly.
+    """
 
     def interrupt(signum, frame):
         raise KeyboardInterrupt
 
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, interrupt)
-
-
-def _interruptible() -> None:
-    # Dagster maps SIGTERM to its SIGINT handler, so a service started with SIGINT ignored
-    # (as a shell starts background jobs) would ignore SIGTERM too and never shut down cleanly.
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
-def _start_dagster(command: list[str], log_file: Path | None = None) -> subprocess.Popen:
-    """Starts a Dagster service; its output goes to log_file when one is given."""
     output = log_file.open("a") if log_file else None
     # A session of its own, so stopping reaches the code servers and run workers it started.
     return subprocess.Popen(
         command,
         start_new_session=True,
-        preexec_fn=_interruptible,
         stdout=output,
         stderr=subprocess.STDOUT if output else None,
     )
@@ -150,11 +181,15 @@ def _start_dagster(command: list[str], log_file: Path | None = None) -> subproce
 
 @main.command()
 @click.option("--port", default=DEFAULT_PORT, show_default=True)
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on; the UI has no login, so keep it local unless it is behind an authenticating proxy.")
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address to listen on; the UI has no login, so keep it local unless it is behind an authenticating proxy.",
+)
 def up(port, host):
     """Start the Dagster webserver and daemon for this home; Ctrl-C stops both."""
-    home = _home()
-    _stop_on_signals()
+    home = _settings().home
     process = _start_dagster(
         ["dagster", "dev", "-m", DEFINITIONS_MODULE, "--host", host, "--port", str(port)]
     )
@@ -175,11 +210,15 @@ def up(port, host):
 def make_dataset_command(out, images, size, seed):
     """Write a small synthetic COCO dataset (bright rectangles on noise) to OUT."""
     annotations = make_dataset(Path(out), images=images, size=size, seed=seed)
-    click.echo(f"{images} images of {size}x{size} in {Path(out) / 'images'}, annotations {annotations}")
+    click.echo(
+        f"{images} images of {size}x{size} in {Path(out) / 'images'}, annotations {annotations}"
+    )
 
 
 @main.command()
-@click.option("--dataset", required=True, help="Dataset folder: annotations.json (COCO) and images/.")
+@click.option(
+    "--dataset", required=True, help="Dataset folder: annotations.json (COCO) and images/."
+)
 @click.option("--name", required=True, help="Register the trained model under this name.")
 @click.option("--epochs", type=int, help="Training epochs (default 30).")
 @with_queue_options
@@ -194,12 +233,17 @@ def train(dataset, name, epochs, queue, priority, key, wait, as_json):
 @main.command()
 @click.option("--images", required=True, multiple=True, help="Image file or folder (repeatable).")
 @click.option("--model", required=True, help="Registered model: name or name:version.")
-@click.option("--score-thr", "score_threshold", type=float, help="Minimum score of a detection (default 0.3).")
+@click.option(
+    "--score-thr", "score_threshold", type=float, help="Minimum score of a detection (default 0.3)."
+)
 @click.option("--device", help="cpu, cuda or cuda:N (default cpu).")
 @with_queue_options
 def detect(images, model, score_threshold, device, queue, priority, key, wait, as_json):
     """Submit a detection run to the queue."""
-    params = {"images": [str(Path(image).expanduser().resolve()) for image in images], "model": model}
+    params = {
+        "images": [str(Path(image).expanduser().resolve()) for image in images],
+        "model": model,
+    }
     optional = {"score_threshold": score_threshold, "device": device}
     params.update({k: v for k, v in optional.items() if v is not None})
     _submit_and_report(Kind.DETECTION.value, params, queue, priority, key, wait, as_json)
@@ -212,13 +256,17 @@ def detect(images, model, score_threshold, device, queue, priority, key, wait, a
 def runs(status, queue, as_json):
     """List runs, oldest first."""
     with _service() as service:
-        records = [service.reconcile(r) for r in service.store.list_runs(status=status, queue=queue)]
+        records = [
+            service.reconcile(r) for r in service.store.list_runs(status=status, queue=queue)
+        ]
     if as_json:
         click.echo(json.dumps([r.to_dict() for r in records], indent=2))
         return
     click.echo(f"{'id':>5}  {'kind':<9} {'status':<10} {'queue':<10} {'model':<16} created")
     for r in records:
-        click.echo(f"{r.id:>5}  {r.kind:<9} {r.status:<10} {r.queue:<10} {(r.model or ''):<16} {r.created_at:%Y-%m-%d %H:%M:%S}")
+        click.echo(
+            f"{r.id:>5}  {r.kind:<9} {r.status:<10} {r.queue:<10} {(r.model or ''):<16} {r.created_at:%Y-%m-%d %H:%M:%S}"
+        )
 
 
 @main.command()
@@ -244,7 +292,9 @@ def models(as_json):
         click.echo(json.dumps([m.to_dict() for m in registered], indent=2))
         return
     for m in registered:
-        click.echo(f"{m.name}:{m.version}  classes {', '.join(m.classes)}  bbox mAP {m.metrics.get('bbox_mAP', 0):.3f}  {m.checkpoint}")
+        click.echo(
+            f"{m.name}:{m.version}  classes {', '.join(m.classes)}  bbox mAP {m.metrics.get('bbox_mAP', 0):.3f}  {m.checkpoint}"
+        )
 
 
 def _daemon_running(instance) -> bool:
@@ -286,13 +336,19 @@ def demo(epochs):
         make_dataset(data / "demo-unseen", images=16, seed=1)
         with _daemon(service.instance):
             click.echo(f"training model 'demo' for {epochs} epochs on {data / 'demo-train'}…")
-            trained = service.submit(Kind.TRAINING.value, {"dataset": str(data / "demo-train"), "name": "demo", "epochs": epochs})
+            trained = service.submit(
+                Kind.TRAINING.value,
+                {"dataset": str(data / "demo-train"), "name": "demo", "epochs": epochs},
+            )
             trained = service.wait(trained.id)
             _print_record(trained, as_json=False)
             if trained.status != Status.SUCCESS.value:
                 sys.exit(1)
             click.echo(f"detecting on {data / 'demo-unseen' / 'images'}…")
-            detected = service.submit(Kind.DETECTION.value, {"images": [str(data / "demo-unseen" / "images")], "model": "demo"})
+            detected = service.submit(
+                Kind.DETECTION.value,
+                {"images": [str(data / "demo-unseen" / "images")], "model": "demo"},
+            )
             detected = service.wait(detected.id)
         _print_record(detected, as_json=False)
         if detected.status != Status.SUCCESS.value:
@@ -300,7 +356,11 @@ def demo(epochs):
         output = Path(detected.output_dir)
         found = recall(output / DETECTIONS_FILE, data / "demo-unseen" / "annotations.json")
         model = service.store.find_model("demo")
-    click.echo(f"\nmodel demo:{model.version}: bbox mAP {model.metrics['bbox_mAP']:.3f} (best epoch {model.metrics['best_epoch']})")
+    click.echo(
+        f"\nmodel demo:{model.version}: bbox mAP {model.metrics['bbox_mAP']:.3f} (best epoch {model.metrics['best_epoch']})"
+    )
     click.echo(f"found {found:.0%} of the rectangles in the unseen images (IoU >= 0.5)")
     click.echo(f"detections: {output / DETECTIONS_FILE}\ndrawn images: {output / DRAWN_DIR}")
-    click.echo(f"see both runs in the UI: `detection-pipeline up`, then http://127.0.0.1:{DEFAULT_PORT}")
+    click.echo(
+        f"see both runs in the UI: `detection-pipeline up`, then http://127.0.0.1:{DEFAULT_PORT}"
+    )

@@ -22,7 +22,9 @@ def resolve_model(
     if model:
         name, _, version = model.partition(":")
         if version and not version.isdigit():
-            raise InputError(f"model {model!r}: the version after ':' must be a number, e.g. {name}:2")
+            raise InputError(
+                f"model {model!r}: the version after ':' must be a number, e.g. {name}:2"
+            )
         registered = store.find_model(name, int(version) if version else None)
         if registered is None:
             known = sorted({m.name for m in store.list_models()}) or ["none yet: train one first"]
@@ -36,7 +38,9 @@ def resolve_model(
             confine(checkpoint, roots, "checkpoint"),
         )
     else:
-        raise InputError("no model given: name a registered model, or give both a config and a checkpoint")
+        raise InputError(
+            "no model given: name a registered model, or give both a config and a checkpoint"
+        )
     for what, path in (("config", files.config), ("checkpoint", files.checkpoint)):
         if not path.is_file():
             raise InputError(f"the {what} file of model {files.label} is missing: {path}")

@@ -47,8 +47,20 @@ class MMDetRunner(ConfigurableResource):
     python_executable: str = sys.executable
     timeout_seconds: int = 6 * 3600
 
-    def run(self, context: OpExecutionContext, spec: TrainSpec | InferSpec, run_dir: Path, record_id: int) -> dict:
+    def run(
+        self,
+        context: OpExecutionContext,
+        spec: TrainSpec | InferSpec,
+        run_dir: Path,
+        record_id: int,
+    ) -> dict:
         spec_path = write_spec(spec, run_dir / f"{spec.action}_spec.json")
         return run_mmdetection_child(
-            context, spec, spec_path, run_dir, record_id, self.python_executable, self.timeout_seconds
+            context,
+            spec,
+            spec_path,
+            run_dir,
+            record_id,
+            self.python_executable,
+            self.timeout_seconds,
         )

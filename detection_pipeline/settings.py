@@ -21,7 +21,7 @@ QUEUE_OF_KIND = {"detection": "detection", "training": "default"}
 @dataclasses.dataclass(frozen=True)
 class Settings:
     home: Path
-    # Runs may read images and datasets only below these folders.
+    # Runs may read images and datasets only below these folders (HOME/data always included).
     input_roots: tuple[Path, ...] = ()
     # The Python that runs MMDetection (its own virtualenv on a GPU box, say).
     python_executable: str = sys.executable
@@ -46,10 +46,9 @@ class Settings:
         path = Path(home) / SETTINGS_FILE
         values = yaml.safe_load(path.read_text()) if path.exists() else {}
         settings = cls(home=Path(home), **{k: v for k, v in (values or {}).items()})
-        roots = settings.input_roots or (settings.data_dir,)
-        return dataclasses.replace(
-            settings, input_roots=tuple(Path(root).expanduser().resolve() for root in roots)
-        )
+        roots = (settings.data_dir, *settings.input_roots)
+        resolved = tuple(dict.fromkeys(Path(root).expanduser().resolve() for root in roots))
+        return dataclasses.replace(settings, input_roots=resolved)
 
     def save(self) -> Path:
         path = self.home / SETTINGS_FILE

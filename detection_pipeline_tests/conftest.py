@@ -28,7 +28,11 @@ TRAIN_EPOCHS = 30
 
 
 def train_config(dataset: Path, name: str, epochs: int = TRAIN_EPOCHS) -> dict:
-    return {"ops": {"prepare_dataset": {"config": {"dataset": str(dataset), "name": name, "epochs": epochs}}}}
+    return {
+        "ops": {
+            "prepare_dataset": {"config": {"dataset": str(dataset), "name": name, "epochs": epochs}}
+        }
+    }
 
 
 def detect_config(images, model: str = "", **extra) -> dict:
@@ -70,14 +74,11 @@ def datasets(tmp_path_factory) -> Path:
 
 
 def make_home(path: Path, postgres_url: str | None = None, input_roots=()) -> Settings:
-    """A Dagster home the way `detection-pipeline init` makes it."""
+    """A Dagster home the way `detection-pipeline init [--input-root ...]` makes it."""
     path.mkdir(parents=True, exist_ok=True)
     write_instance_config(path, postgres_url)
-    settings = Settings.load(path)
-    if input_roots:
-        settings = Settings(home=path, input_roots=tuple(Path(r).resolve() for r in input_roots))
-        settings.save()
-    return settings
+    Settings(home=path, input_roots=tuple(Path(root) for root in input_roots)).save()
+    return Settings.load(path)
 
 
 @pytest.fixture(scope="session")
@@ -134,7 +135,9 @@ def daemon_home(request, tmp_path, datasets, trained_model):
     """A home on SQLite or PostgreSQL with its daemon running and the tiny model's files allowed."""
     postgres_url = request.getfixturevalue("postgres_url") if request.param == "postgres" else None
     _, model = trained_model
-    settings = make_home(tmp_path / "home", postgres_url, input_roots=[datasets, Path(model.checkpoint).parent])
+    settings = make_home(
+        tmp_path / "home", postgres_url, input_roots=[datasets, Path(model.checkpoint).parent]
+    )
     home = DagsterHome(settings)
     previous = os.environ.get("DAGSTER_HOME")
     home.start_daemon()

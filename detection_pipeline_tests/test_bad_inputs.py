@@ -16,7 +16,7 @@ from detection_pipeline.jobs.train import train
 from detection_pipeline.records import record_store
 from detection_pipeline.records.service import RunService
 
-from .conftest import detect_config, make_home, train_config
+from .conftest import make_home, train_config
 
 
 @pytest.fixture
@@ -44,7 +44,14 @@ def files_outside_the_run(settings) -> dict:
     """Every file of the test's world (not following links) with its size and mtime, except
     the run folders and the databases and logs of Dagster and the records."""
     home = settings.home
-    skip = [settings.runs_dir, home / "history", home / "storage", home / "logs", home / "schedules", home / "records.db"]
+    skip = [
+        settings.runs_dir,
+        home / "history",
+        home / "storage",
+        home / "logs",
+        home / "schedules",
+        home / "records.db",
+    ]
     files = {}
     for folder, _, names in os.walk(home.parent):
         for name in names:
@@ -58,16 +65,29 @@ def files_outside_the_run(settings) -> dict:
 DETECTION_CASES = {
     "missing folder": ({"images": ["{data}/nope"], "model": "tiny"}, "does not exist"),
     "folder without images": ({"images": ["{data}/empty"], "model": "tiny"}, "has no images"),
-    "non-image file": ({"images": ["{data}/notes/readme.txt"], "model": "tiny"}, "is not an image file"),
-    "corrupt image": ({"images": ["{data}/corrupt"], "model": "tiny"}, "not readable images: broken.png"),
+    "non-image file": (
+        {"images": ["{data}/notes/readme.txt"], "model": "tiny"},
+        "is not an image file",
+    ),
+    "corrupt image": (
+        {"images": ["{data}/corrupt"], "model": "tiny"},
+        "not readable images: broken.png",
+    ),
     "unknown model": ({"images": ["{data}/good"], "model": "nosuch"}, "unknown model 'nosuch'"),
-    "outside the data roots": ({"images": ["{outside}"], "model": "tiny"}, "outside the allowed data folders"),
+    "outside the data roots": (
+        {"images": ["{outside}"], "model": "tiny"},
+        "outside the allowed data folders",
+    ),
     "symlink out of the data roots": (
         {"images": ["{data}/link-to-outside"], "model": "tiny"},
         "outside the allowed data folders",
     ),
     "missing checkpoint": (
-        {"images": ["{data}/good"], "model_config_path": "{data}/config.py", "checkpoint_path": "{data}/gone.pth"},
+        {
+            "images": ["{data}/good"],
+            "model_config_path": "{data}/config.py",
+            "checkpoint_path": "{data}/gone.pth",
+        },
         "checkpoint file of model gone.pth is missing",
     ),
     "bad device": ({"images": ["{data}/good"], "model": "tiny", "device": "gpu0"}, "device"),
@@ -75,7 +95,11 @@ DETECTION_CASES = {
 
 
 def _fill(params: dict, settings, outside) -> dict:
-    text = json.dumps(params).replace("{data}", str(settings.data_dir)).replace("{outside}", str(outside))
+    text = (
+        json.dumps(params)
+        .replace("{data}", str(settings.data_dir))
+        .replace("{outside}", str(outside))
+    )
     return json.loads(text)
 
 
@@ -88,7 +112,13 @@ def test_bad_detection_input_is_refused_and_fails_the_run(world, trained_model, 
     model = trained_model[1]
     with instance_for_test(temp_dir=str(settings.home)) as instance:
         service = RunService(instance, settings)
-        service.store.register_model("tiny", classes=model.classes, config=model.config, checkpoint=model.checkpoint, metrics={})
+        service.store.register_model(
+            "tiny",
+            classes=model.classes,
+            config=model.config,
+            checkpoint=model.checkpoint,
+            metrics={},
+        )
         with pytest.raises(InputError, match=message):
             service.submit("detection", params)
         assert service.store.list_runs() == []  # a refused submission leaves no record
@@ -129,7 +159,10 @@ def test_broken_coco_is_refused_with_every_problem_named(world, datasets):
             service.submit("training", {"dataset": str(dataset), "name": "m"})
         before = files_outside_the_run(settings)
         result = train.execute_in_process(
-            run_config=train_config(dataset, "m"), instance=instance, resources=build_resources(settings), raise_on_error=False
+            run_config=train_config(dataset, "m"),
+            instance=instance,
+            resources=build_resources(settings),
+            raise_on_error=False,
         )
         [record] = record_store(instance).list_runs()
     message = str(refused.value)
@@ -151,6 +184,8 @@ def test_broken_coco_is_refused_with_every_problem_named(world, datasets):
 )
 def test_bad_training_input_is_refused(world, params, message):
     settings, outside = world
-    with instance_for_test(temp_dir=str(settings.home)) as instance:
-        with pytest.raises(InputError, match=message):
-            RunService(instance, settings).submit("training", _fill(params, settings, outside))
+    with (
+        instance_for_test(temp_dir=str(settings.home)) as instance,
+        pytest.raises(InputError, match=message),
+    ):
+        RunService(instance, settings).submit("training", _fill(params, settings, outside))

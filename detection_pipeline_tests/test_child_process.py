@@ -28,9 +28,14 @@ def test_a_timeout_kills_mmdetection_and_everything_it_started(tmp_path, dataset
     # The configurable interpreter may be a wrapper (one that activates an environment, say);
     # this one leaves a grandchild behind that must die with the rest.
     wrapper = tmp_path / "python-wrapper"
-    wrapper.write_text(f'#!/bin/sh\nsleep 1000 &\necho $! > grandchild.pid\nexec {sys.executable} "$@"\n')
+    wrapper.write_text(
+        f'#!/bin/sh\nsleep 1000 &\necho $! > grandchild.pid\nexec {sys.executable} "$@"\n'
+    )
     wrapper.chmod(wrapper.stat().st_mode | stat.S_IEXEC)
-    resources = {**build_resources(settings), "runner": MMDetRunner(python_executable=str(wrapper), timeout_seconds=15)}
+    resources = {
+        **build_resources(settings),
+        "runner": MMDetRunner(python_executable=str(wrapper), timeout_seconds=15),
+    }
 
     with instance_for_test(temp_dir=str(settings.home)) as instance:
         result = train.execute_in_process(

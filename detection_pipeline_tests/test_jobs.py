@@ -44,7 +44,7 @@ def test_training_registers_the_best_checkpoint_with_its_metrics(trained_model):
 
 
 def test_detection_finds_the_known_objects(trained_model, datasets):
-    settings, model = trained_model
+    settings, _ = trained_model
     with instance_for_test(temp_dir=str(settings.home)) as instance:
         store = record_store(instance)
         result = detect.execute_in_process(
@@ -58,14 +58,18 @@ def test_detection_finds_the_known_objects(trained_model, datasets):
     run_dir = Path(record.output_dir)
     detections = json.loads((run_dir / "detections.json").read_text())
     assert len(detections["images"]) == 16
-    assert recall(run_dir / "detections.json", datasets / "unseen" / "annotations.json") >= MIN_RECALL
+    assert (
+        recall(run_dir / "detections.json", datasets / "unseen" / "annotations.json") >= MIN_RECALL
+    )
     coco_results = json.loads((run_dir / "detections_coco.json").read_text())
     assert len(coco_results) == sum(len(image["detections"]) for image in detections["images"])
     assert len(list((run_dir / "vis").glob("*.png"))) == 16
     assert (run_dir / f"succ_{record.id}.txt").is_file()
     assert not (run_dir / "staging").exists()  # cleanup removes staged inputs, keeps outputs
 
-    output = next(e for e in result.all_events if e.step_key == "collect_outputs" and e.is_successful_output)
+    output = next(
+        e for e in result.all_events if e.step_key == "collect_outputs" and e.is_successful_output
+    )
     metadata = {key: value.value for key, value in output.step_output_data.metadata.items()}
     assert metadata["images"] == 16
     assert metadata["detections"] == sum(len(image["detections"]) for image in detections["images"])

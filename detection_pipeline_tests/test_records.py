@@ -57,7 +57,9 @@ def test_the_same_key_never_makes_two_records(database_url):
 
 def test_models_get_increasing_versions(database_url):
     store = RecordStore(database_url)
-    first = store.register_model("m", classes=["a"], config="c1", checkpoint="p1", metrics={"bbox_mAP": 0.1})
+    first = store.register_model(
+        "m", classes=["a"], config="c1", checkpoint="p1", metrics={"bbox_mAP": 0.1}
+    )
     second = store.register_model("m", classes=["a"], config="c2", checkpoint="p2", metrics={})
     assert (first.version, second.version) == (1, 2)
     assert store.find_model("m").checkpoint == "p2"

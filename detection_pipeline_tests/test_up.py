@@ -72,4 +72,3 @@ def test_up_serves_the_ui_and_stops_cleanly_on_ctrl_c(tmp_path):
         for pid in _descendants(up.pid) | {up.pid}:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-

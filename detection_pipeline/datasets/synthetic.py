@@ -59,7 +59,9 @@ def make_dataset(out_dir: Path, images: int = 24, size: int = 128, seed: int = 0
             )
         file_name = f"{image_id:05d}.png"
         Image.fromarray(pixels).save(out_dir / IMAGES_DIR / file_name)
-        coco["images"].append({"id": image_id, "file_name": file_name, "width": size, "height": size})
+        coco["images"].append(
+            {"id": image_id, "file_name": file_name, "width": size, "height": size}
+        )
     annotations = out_dir / ANNOTATIONS_FILE
     annotations.write_text(json.dumps(coco, indent=1))
     return annotations

@@ -50,7 +50,9 @@ def find_images(paths: list[str], roots: tuple[Path, ...]) -> list[Path]:
             images += found
         elif path.is_file():
             if path.suffix.lower() not in IMAGE_SUFFIXES:
-                raise InputError(f"{given} is not an image file (expected {', '.join(IMAGE_SUFFIXES)})")
+                raise InputError(
+                    f"{given} is not an image file (expected {', '.join(IMAGE_SUFFIXES)})"
+                )
             images.append(path)
         else:
             raise InputError(f"image path {given} does not exist; check the path")
@@ -76,7 +78,9 @@ def _coco_problems(coco: dict, images_dir: Path) -> list[str]:
             problems.append(f"image {image['file_name']} is missing from {images_dir}")
     for annotation in coco.get("annotations", []):
         if annotation.get("image_id") not in image_ids:
-            problems.append(f"annotation {annotation.get('id')} refers to unknown image {annotation.get('image_id')}")
+            problems.append(
+                f"annotation {annotation.get('id')} refers to unknown image {annotation.get('image_id')}"
+            )
         if annotation.get("category_id") not in category_ids:
             problems.append(
                 f"annotation {annotation.get('id')} refers to unknown category {annotation.get('category_id')}"
@@ -96,7 +100,9 @@ def load_coco(path: Path, images_dir: Path) -> dict:
     problems = _coco_problems(coco, images_dir)
     if problems:
         more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
-        raise InputError(f"COCO file {path} is broken: {'; '.join(problems[:5])}{more}; fix it and submit again")
+        raise InputError(
+            f"COCO file {path} is broken: {'; '.join(problems[:5])}{more}; fix it and submit again"
+        )
     return coco
 
 

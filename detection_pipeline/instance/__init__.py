@@ -35,6 +35,8 @@ def instance_config(home: Path, postgres_url: str | None = None) -> dict:
 
 def write_instance_config(home: Path, postgres_url: str | None = None) -> Path:
     path = home / "dagster.yaml"
-    header = "# Written by `detection-pipeline init` from detection_pipeline/instance/dagster.yaml.\n"
+    header = (
+        "# Written by `detection-pipeline init` from detection_pipeline/instance/dagster.yaml.\n"
+    )
     path.write_text(header + yaml.safe_dump(instance_config(home, postgres_url), sort_keys=False))
     return path

@@ -60,18 +60,27 @@ def run_mmdetection_child(
     The child's output goes to the Dagster run log (in one-second batches) and to
     succ_<record_id>.txt or error_<record_id>.txt in the run's folder.
     """
-    command = [python_executable, "-m", "detection_pipeline.mmdet_runner", spec.action, str(spec_path)]
+    command = [
+        python_executable,
+        "-m",
+        "detection_pipeline.mmdet_runner",
+        spec.action,
+        str(spec_path),
+    ]
     running_log = run_dir / f"running_{record_id}.txt"
     lines: queue.Queue = queue.Queue()
     tail: list[str] = []
     failure: str | None = None
     succeeded = False
     try:
-        with open_pipes_session(
-            context=context,
-            context_injector=PipesTempFileContextInjector(),
-            message_reader=PipesTempFileMessageReader(),
-        ) as session, running_log.open("w") as log_file:
+        with (
+            open_pipes_session(
+                context=context,
+                context_injector=PipesTempFileContextInjector(),
+                message_reader=PipesTempFileMessageReader(),
+            ) as session,
+            running_log.open("w") as log_file,
+        ):
             process = subprocess.Popen(
                 command,
                 cwd=run_dir,
@@ -81,8 +90,12 @@ def run_mmdetection_child(
                 text=True,
                 start_new_session=True,
             )
-            context.log.info(f"MMDetection {spec.action} started (pid {process.pid}): {' '.join(command)}")
-            reader = threading.Thread(target=_read_lines, args=(process.stdout, lines, log_file), daemon=True)
+            context.log.info(
+                f"MMDetection {spec.action} started (pid {process.pid}): {' '.join(command)}"
+            )
+            reader = threading.Thread(
+                target=_read_lines, args=(process.stdout, lines, log_file), daemon=True
+            )
             reader.start()
 
             def flush() -> None:

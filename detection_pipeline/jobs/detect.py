@@ -7,7 +7,16 @@ import os
 import shutil
 from pathlib import Path
 
-from dagster import Config, Failure, MetadataValue, OpExecutionContext, Out, in_process_executor, job, op
+from dagster import (
+    Config,
+    Failure,
+    MetadataValue,
+    OpExecutionContext,
+    Out,
+    in_process_executor,
+    job,
+    op,
+)
 from pydantic import Field
 
 from ..datasets.validation import find_images
@@ -21,12 +30,23 @@ from .record_lifecycle import cleanup, record_failure, start_record
 
 
 class DetectConfig(Config):
-    images: list[str] = Field(description="Image files or folders of images (jpg, png, tif), inside the allowed data folders.")
-    model: str = Field(default="", description="A registered model: `name` (latest version) or `name:version`. `detection-pipeline models` lists them.")
-    model_config_path: str = Field(default="", description="Instead of `model`: an MMDetection config file …")
+    images: list[str] = Field(
+        description="Image files or folders of images (jpg, png, tif), inside the allowed data folders."
+    )
+    model: str = Field(
+        default="",
+        description="A registered model: `name` (latest version) or `name:version`. `detection-pipeline models` lists them.",
+    )
+    model_config_path: str = Field(
+        default="", description="Instead of `model`: an MMDetection config file …"
+    )
     checkpoint_path: str = Field(default="", description="… and its checkpoint (.pth).")
-    score_threshold: float = Field(default=0.3, ge=0.0, le=1.0, description="Detections scoring lower are left out.")
-    device: str = Field(default="cpu", pattern=r"^(cpu|cuda(:\d+)?)$", description="`cpu`, `cuda` or `cuda:N`.")
+    score_threshold: float = Field(
+        default=0.3, ge=0.0, le=1.0, description="Detections scoring lower are left out."
+    )
+    device: str = Field(
+        default="cpu", pattern=r"^(cpu|cuda(:\d+)?)$", description="`cpu`, `cuda` or `cuda:N`."
+    )
     batch_size: int = Field(default=4, ge=1, description="Images per inference batch.")
 
 
@@ -52,16 +72,24 @@ def _stage(images: list[Path], staging: Path) -> list[str]:
     return staged
 
 
-def check_inputs(config: DetectConfig, store: RecordStore, roots: tuple[Path, ...]) -> tuple[ModelFiles, list[Path]]:
+def check_inputs(
+    config: DetectConfig, store: RecordStore, roots: tuple[Path, ...]
+) -> tuple[ModelFiles, list[Path]]:
     """The model's files and the images; raises InputError. Submission checks the same."""
-    model = resolve_model(store, roots, config.model, config.model_config_path, config.checkpoint_path)
+    model = resolve_model(
+        store, roots, config.model, config.model_config_path, config.checkpoint_path
+    )
     return model, find_images(config.images, roots)
 
 
 @op(out=Out(DetectionPlan))
-def prepare_inputs(context: OpExecutionContext, config: DetectConfig, folders: RunFolders) -> DetectionPlan:
+def prepare_inputs(
+    context: OpExecutionContext, config: DetectConfig, folders: RunFolders
+) -> DetectionPlan:
     """Checks the images and the model, and stages the images in the run's folder."""
-    record = start_record(context, folders, Kind.DETECTION.value, config.model_dump(), config.model or None)
+    record = start_record(
+        context, folders, Kind.DETECTION.value, config.model_dump(), config.model or None
+    )
     try:
         model, images = check_inputs(config, record_store(context.instance), folders.roots)
     except InputError as error:
@@ -76,12 +104,21 @@ def prepare_inputs(context: OpExecutionContext, config: DetectConfig, folders: R
         batch_size=config.batch_size,
         device=config.device,
     )
-    context.add_output_metadata({"record id": record.id, "model": model.label, "images": len(images), "run folder": MetadataValue.path(str(run_dir))})
+    context.add_output_metadata(
+        {
+            "record id": record.id,
+            "model": model.label,
+            "images": len(images),
+            "run folder": MetadataValue.path(str(run_dir)),
+        }
+    )
     return DetectionPlan(record.id, run_dir, spec)
 
 
 @op(out=Out(DetectionPlan))
-def run_inference(context: OpExecutionContext, plan: DetectionPlan, runner: MMDetRunner) -> DetectionPlan:
+def run_inference(
+    context: OpExecutionContext, plan: DetectionPlan, runner: MMDetRunner
+) -> DetectionPlan:
     """Runs MMDetection inference in a child process."""
     runner.run(context, plan.spec, plan.run_dir, plan.record_id)
     return plan
@@ -91,7 +128,9 @@ def run_inference(context: OpExecutionContext, plan: DetectionPlan, runner: MMDe
 def collect_detections(context: OpExecutionContext, plan: DetectionPlan) -> int:
     """Reports what was found: counts per class, speed, and where the files are."""
     detections = json.loads((plan.run_dir / DETECTIONS_FILE).read_text())
-    per_class = collections.Counter(d["class"] for image in detections["images"] for d in image["detections"])
+    per_class = collections.Counter(
+        d["class"] for image in detections["images"] for d in image["detections"]
+    )
     context.add_output_metadata(
         {
             "images": len(detections["images"]),
@@ -107,8 +146,14 @@ def collect_detections(context: OpExecutionContext, plan: DetectionPlan) -> int:
     return plan.record_id
 
 
-@job(executor_def=in_process_executor, hooks={record_failure}, tags={"detection_pipeline/kind": "detection"})
+@job(
+    executor_def=in_process_executor,
+    hooks={record_failure},
+    tags={"detection_pipeline/kind": "detection"},
+)
 def detect():
     """Detects objects in images with a registered (or given) MMDetection model."""
     plan = prepare_inputs()
-    cleanup(collect_detections.alias("collect_outputs")(run_inference.alias("run_mmdetection")(plan)))
+    cleanup(
+        collect_detections.alias("collect_outputs")(run_inference.alias("run_mmdetection")(plan))
+    )

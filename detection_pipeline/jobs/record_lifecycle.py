@@ -51,4 +51,6 @@ def record_failure(context: HookContext) -> None:
     if record_id is None:  # failed before the record existed; the reconciliation sensor sees it
         return
     context.resources.folders.remove_staging(int(record_id))
-    record_store(context.instance).mark_finished(int(record_id), error=_failure_message(context.op_exception))
+    record_store(context.instance).mark_finished(
+        int(record_id), error=_failure_message(context.op_exception)
+    )

@@ -6,7 +6,16 @@ import re
 import shutil
 from pathlib import Path
 
-from dagster import Config, Failure, MetadataValue, OpExecutionContext, Out, in_process_executor, job, op
+from dagster import (
+    Config,
+    Failure,
+    MetadataValue,
+    OpExecutionContext,
+    Out,
+    in_process_executor,
+    job,
+    op,
+)
 from pydantic import Field
 
 from ..datasets.split import split_coco
@@ -24,15 +33,28 @@ CURVE_FILE = "training_curve.png"
 
 
 class TrainConfig(Config):
-    dataset: str = Field(description="A dataset folder: annotations.json (COCO), images/, optional val.json.")
-    name: str = Field(description="Name to register the trained model under; detection runs use it.")
+    dataset: str = Field(
+        description="A dataset folder: annotations.json (COCO), images/, optional val.json."
+    )
+    name: str = Field(
+        description="Name to register the trained model under; detection runs use it."
+    )
     epochs: int = Field(default=30, ge=1, description="Training epochs.")
     learning_rate: float = Field(default=0.01, gt=0, description="SGD learning rate.")
     batch_size: int = Field(default=2, ge=1, description="Images per training batch.")
-    image_size: int = Field(default=128, ge=32, description="Images are resized to fit this square.")
-    val_fraction: float = Field(default=0.2, gt=0, lt=1, description="Share of images kept for validation when the dataset has no val.json.")
+    image_size: int = Field(
+        default=128, ge=32, description="Images are resized to fit this square."
+    )
+    val_fraction: float = Field(
+        default=0.2,
+        gt=0,
+        lt=1,
+        description="Share of images kept for validation when the dataset has no val.json.",
+    )
     seed: int = Field(default=0, description="Seed of the split and of training.")
-    device: str = Field(default="cpu", pattern=r"^(cpu|cuda(:\d+)?)$", description="`cpu`, `cuda` or `cuda:N`.")
+    device: str = Field(
+        default="cpu", pattern=r"^(cpu|cuda(:\d+)?)$", description="`cpu`, `cuda` or `cuda:N`."
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,13 +74,17 @@ def check_dataset(config: TrainConfig, roots: tuple[Path, ...]) -> tuple[Path, d
 
     Submission checks the same."""
     if not MODEL_NAME.match(config.name):
-        raise InputError(f"model name {config.name!r} is not allowed: use letters, digits, '_', '-', '.' (64 at most)")
+        raise InputError(
+            f"model name {config.name!r} is not allowed: use letters, digits, '_', '-', '.' (64 at most)"
+        )
     annotations, images_dir, val_annotations = dataset_files(config.dataset, roots)
     coco = load_coco(annotations, images_dir)
     return images_dir, coco, load_coco(val_annotations, images_dir) if val_annotations else None
 
 
-def _write_split(config: TrainConfig, staging: Path, roots: tuple[Path, ...]) -> tuple[Path, Path, Path, list[str]]:
+def _write_split(
+    config: TrainConfig, staging: Path, roots: tuple[Path, ...]
+) -> tuple[Path, Path, Path, list[str]]:
     """(images folder, train annotations, val annotations, classes) with the annotations in staging."""
     images_dir, coco, val = check_dataset(config, roots)
     train = coco
@@ -72,11 +98,15 @@ def _write_split(config: TrainConfig, staging: Path, roots: tuple[Path, ...]) ->
 
 
 @op(out=Out(TrainingPlan))
-def prepare_dataset(context: OpExecutionContext, config: TrainConfig, folders: RunFolders) -> TrainingPlan:
+def prepare_dataset(
+    context: OpExecutionContext, config: TrainConfig, folders: RunFolders
+) -> TrainingPlan:
     """Checks the COCO dataset and splits it into training and validation when it has no split."""
     record = start_record(context, folders, Kind.TRAINING.value, config.model_dump(), config.name)
     try:
-        images_dir, train, val, classes = _write_split(config, folders.staging_dir(record.id), folders.roots)
+        images_dir, train, val, classes = _write_split(
+            config, folders.staging_dir(record.id), folders.roots
+        )
     except InputError as error:
         raise Failure(description=str(error), allow_retries=False) from error
     run_dir = folders.run_dir(record.id)
@@ -93,12 +123,20 @@ def prepare_dataset(context: OpExecutionContext, config: TrainConfig, folders: R
         seed=config.seed,
         device=config.device,
     )
-    context.add_output_metadata({"record id": record.id, "classes": MetadataValue.json(classes), "run folder": MetadataValue.path(str(run_dir))})
+    context.add_output_metadata(
+        {
+            "record id": record.id,
+            "classes": MetadataValue.json(classes),
+            "run folder": MetadataValue.path(str(run_dir)),
+        }
+    )
     return TrainingPlan(record.id, run_dir, config.name, spec)
 
 
 @op(out=Out(TrainingPlan))
-def run_training(context: OpExecutionContext, plan: TrainingPlan, runner: MMDetRunner) -> TrainingPlan:
+def run_training(
+    context: OpExecutionContext, plan: TrainingPlan, runner: MMDetRunner
+) -> TrainingPlan:
     """Runs mmengine training in a child process."""
     runner.run(context, plan.spec, plan.run_dir, plan.record_id)
     return plan
@@ -139,16 +177,33 @@ def register_model(context: OpExecutionContext, plan: TrainingPlan, folders: Run
         classes=metrics["classes"],
         config=str(model_dir / CONFIG_FILE),
         checkpoint=str(model_dir / CHECKPOINT_FILE),
-        metrics={"best_epoch": metrics["best_epoch"], "bbox_mAP": metrics["bbox_mAP"], "epochs": metrics["epochs"]},
+        metrics={
+            "best_epoch": metrics["best_epoch"],
+            "bbox_mAP": metrics["bbox_mAP"],
+            "epochs": metrics["epochs"],
+        },
         training_record_id=plan.record_id,
     )
     (plan.work_dir / CHECKPOINT_FILE).unlink()  # the registry's copy is the one detection uses
-    context.add_output_metadata({"model": f"{model.name}:{model.version}", "checkpoint": MetadataValue.path(model.checkpoint)})
+    context.add_output_metadata(
+        {
+            "model": f"{model.name}:{model.version}",
+            "checkpoint": MetadataValue.path(model.checkpoint),
+        }
+    )
     return plan.record_id
 
 
-@job(executor_def=in_process_executor, hooks={record_failure}, tags={"detection_pipeline/kind": "training"})
+@job(
+    executor_def=in_process_executor,
+    hooks={record_failure},
+    tags={"detection_pipeline/kind": "training"},
+)
 def train():
     """Trains an MMDetection model on a COCO dataset and registers it for detection."""
     plan = prepare_dataset()
-    cleanup(register_model(collect_training.alias("collect_outputs")(run_training.alias("run_mmdetection")(plan))))
+    cleanup(
+        register_model(
+            collect_training.alias("collect_outputs")(run_training.alias("run_mmdetection")(plan))
+        )
+    )

@@ -5,9 +5,9 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")  # run workers have no display
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
-from ..mmdet_runner.specs import BEST_METRIC  # noqa: E402
+from ..mmdet_runner.specs import BEST_METRIC
 
 
 def draw_training_curve(epochs: list[dict], path: Path) -> Path:
@@ -15,7 +15,9 @@ def draw_training_curve(epochs: list[dict], path: Path) -> Path:
     figure, (loss_axes, map_axes) = plt.subplots(1, 2, figsize=(9, 3.5))
     loss_axes.plot(numbers, [epoch["loss"] for epoch in epochs], marker="o")
     loss_axes.set(title="training loss", xlabel="epoch")
-    map_axes.plot(numbers, [epoch.get(BEST_METRIC, 0.0) for epoch in epochs], marker="o", color="tab:green")
+    map_axes.plot(
+        numbers, [epoch.get(BEST_METRIC, 0.0) for epoch in epochs], marker="o", color="tab:green"
+    )
     map_axes.set(title="validation bbox mAP", xlabel="epoch", ylim=(0, 1))
     figure.tight_layout()
     figure.savefig(path, dpi=80)

@@ -15,7 +15,9 @@ def _image_result(
     height, width = prediction["shape"]
     detections = [
         {"box": [round(v, 2) for v in box], "score": round(score, 4), "class": classes[label]}
-        for box, score, label in zip(prediction["bboxes"], prediction["scores"], prediction["labels"])
+        for box, score, label in zip(
+            prediction["bboxes"], prediction["scores"], prediction["labels"]
+        )
         if score >= threshold
     ]
     return {

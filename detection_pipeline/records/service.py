@@ -50,7 +50,9 @@ def _code_location(instance: DagsterInstance) -> Iterator:
         yield workspace, workspace.get_code_location(DEFINITIONS_MODULE)
 
 
-def _queue_dagster_run(instance: DagsterInstance, job_name: str, run_config: dict, tags: dict) -> str:
+def _queue_dagster_run(
+    instance: DagsterInstance, job_name: str, run_config: dict, tags: dict
+) -> str:
     """Creates the Dagster run and puts it in the instance's queue; returns its run id."""
     from dagster._core.definitions.selector import JobSubsetSelector
 
@@ -128,7 +130,9 @@ class RunService:
             raise InputError(f"unknown queue {queue!r}; queues: {', '.join(self.settings.queues)}")
         priority = self.settings.queues[queue] if priority is None else priority
         model = params.get("model") or params.get("name")
-        record, created = self.store.create_run(kind, queue, priority, config.model_dump(), model, key=key)
+        record, created = self.store.create_run(
+            kind, queue, priority, config.model_dump(), model, key=key
+        )
         if not created:
             return record
         job_name, op_name, _ = JOBS[kind]
@@ -161,9 +165,13 @@ class RunService:
             return self.store.mark_finished(record.id)
         if run.status == DagsterRunStatus.CANCELED:
             return self.store.update(record.id, status=Status.CANCELLED.value)
-        return self.store.mark_finished(record.id, error=f"Dagster run {run.run_id} ended {run.status.value}")
+        return self.store.mark_finished(
+            record.id, error=f"Dagster run {run.run_id} ended {run.status.value}"
+        )
 
-    def wait(self, record_id: int, timeout_seconds: float | None = None, poll_seconds: float = 1.0) -> RunRecord:
+    def wait(
+        self, record_id: int, timeout_seconds: float | None = None, poll_seconds: float = 1.0
+    ) -> RunRecord:
         """Blocks until the run ends; returns its final record."""
         deadline = None if timeout_seconds is None else time.monotonic() + timeout_seconds
         while True:
@@ -171,5 +179,7 @@ class RunService:
             if record.status in FINAL_STATUSES:
                 return record
             if deadline is not None and time.monotonic() > deadline:
-                raise TimeoutError(f"run {record_id} is still {record.status} after {timeout_seconds:.0f} s")
+                raise TimeoutError(
+                    f"run {record_id} is still {record.status} after {timeout_seconds:.0f} s"
+                )
             time.sleep(poll_seconds)

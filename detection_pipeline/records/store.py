@@ -63,7 +63,9 @@ class RecordStore:
         with self._session() as session:
             record = session.get(RunRecord, record_id)
         if record is None:
-            raise RecordNotFound(f"no run with id {record_id}: `detection-pipeline runs` lists them")
+            raise RecordNotFound(
+                f"no run with id {record_id}: `detection-pipeline runs` lists them"
+            )
         return record
 
     def list_runs(self, status: str | None = None, queue: str | None = None) -> list[RunRecord]:

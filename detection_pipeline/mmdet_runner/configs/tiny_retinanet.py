@@ -4,8 +4,8 @@
 # config_builder.py. Measured on 24 synthetic 128x128 images, batch 2, SGD lr 0.01: recall
 # at IoU 0.5 on unseen images 0.85 after 30 epochs; bbox regression needs that long from scratch.
 _base_ = [
-    'mmdet::_base_/models/retinanet_r50_fpn.py',
-    'mmdet::_base_/default_runtime.py',
+    "mmdet::_base_/models/retinanet_r50_fpn.py",
+    "mmdet::_base_/default_runtime.py",
 ]
 
 model = dict(
