@@ -21,11 +21,11 @@ from pathlib import Path
 
 from dagster import DagsterInstance
 
+from detection_pipeline.dagster_services import running_daemon
 from detection_pipeline.datasets.synthetic import make_dataset
 from detection_pipeline.instance import use_home, write_instance_config
 from detection_pipeline.mmdet_runner.specs import DETECTIONS_FILE
-from detection_pipeline.process_group import kill_process_group
-from detection_pipeline.records.service import DEFINITIONS_MODULE, RunService
+from detection_pipeline.records.service import RunService
 from detection_pipeline.settings import Settings
 
 PLAIN_SCRIPT = """
@@ -42,16 +42,6 @@ print(time.monotonic() - started)
 """
 
 
-def _wait_for_daemon(instance: DagsterInstance, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        beats = instance.get_daemon_heartbeats().values()
-        if beats and time.time() - max(b.timestamp for b in beats) < 10:
-            return
-        time.sleep(0.5)
-    raise RuntimeError("the Dagster daemon did not start")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=10)
@@ -66,35 +56,22 @@ def main() -> None:
     make_dataset(settings.data_dir / "images", images=args.images, seed=1)
     images_dir = settings.data_dir / "images" / "images"
 
-    daemon = subprocess.Popen(
-        ["dagster-daemon", "run", "-m", DEFINITIONS_MODULE],
-        stdout=(home / "daemon.log").open("w"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    try:
-        with DagsterInstance.get() as instance:
-            _wait_for_daemon(instance)
-            service = RunService(instance, settings)
-            # Accuracy does not matter here: a 2-epoch model detects at the same speed.
-            trained = service.wait(
-                service.submit(
-                    "training",
-                    {"dataset": str(settings.data_dir / "train"), "name": "bench", "epochs": 2},
-                ).id
-            )
-            assert trained.status == "success", trained.error
-            started = time.time()
-            submitted = [
-                service.submit("detection", {"images": [str(images_dir)], "model": "bench"})
-                for _ in range(args.runs)
-            ]
-            records = [service.wait(r.id) for r in submitted]
-            queue_seconds = time.time() - started
-            assert all(r.status == "success" for r in records), [r.error for r in records]
-            model = service.store.find_model("bench")
-    finally:
-        kill_process_group(daemon, grace_seconds=15)
+    with (
+        DagsterInstance.get() as instance,
+        running_daemon(instance, home / "daemon.log"),
+    ):
+        service = RunService(instance, settings)
+        # Accuracy does not matter here: a 2-epoch model detects at the same speed.
+        training = {"dataset": str(settings.data_dir / "train"), "name": "bench", "epochs": 2}
+        trained = service.wait(service.submit("training", training).id)
+        assert trained.status == "success", trained.error
+        detection = {"images": [str(images_dir)], "model": "bench"}
+        started = time.time()
+        submitted = [service.submit("detection", detection) for _ in range(args.runs)]
+        records = [service.wait(record.id) for record in submitted]
+        queue_seconds = time.time() - started
+        assert all(r.status == "success" for r in records), [r.error for r in records]
+        model = service.store.find_model("bench")
 
     work = sorted(
         (d["started_at"], d["finished_at"])

@@ -3,26 +3,30 @@
 import contextlib
 import dataclasses
 import json
-import signal
-import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import click
 
+from .dagster_services import (
+    DEFINITIONS_MODULE,
+    DaemonDidNotStart,
+    daemon_running,
+    dagster_command,
+    running_daemon,
+    start_service,
+    stop_service,
+)
 from .datasets.synthetic import make_dataset
 from .errors import InputError
 from .instance import dagster_home, use_home, write_instance_config
-from .process_group import kill_process_group
 from .records import RecordNotFound
 from .records.schema import Kind, RunRecord, Status
-from .records.service import DEFINITIONS_MODULE, RunService
+from .records.service import RunService
 from .settings import Settings
 
 DEFAULT_PORT = 3000
-DAEMON_START_TIMEOUT_SECONDS = 120
 
 
 def _settings() -> Settings:
@@ -65,7 +69,7 @@ def _submit_and_report(
             record = service.submit(kind, params, queue=queue, priority=priority, key=key)
         except InputError as error:
             raise click.ClickException(str(error)) from error
-        if not _daemon_running(service.instance):
+        if not daemon_running(service.instance):
             click.echo(
                 "no Dagster daemon is running for this home, so nothing will start the run: "
                 "run `detection-pipeline up` (in another terminal)",
@@ -155,30 +159,6 @@ def init(postgres_url, input_roots, python_executable, timeout_seconds):
     click.echo(f"  inputs allowed from: {', '.join(map(str, settings.input_roots))}")
 
 
-def _start_dagster(command: list[str], log_file: Path | None = None) -> subprocess.Popen:
-    """Starts a Dagster service, stopped by the caller; its output goes to log_file if given.
-
-    From here on Ctrl-C and SIGTERM raise KeyboardInterrupt in this process, so the caller can
-    stop the service. That also means no SIGINT is ignored when the service starts (a shell
-    starts background jobs that way): Dagster maps SIGTERM to its SIGINT handler, and a service
-    that ignores SIGINT could never be stopped cleanly.
-    """
-
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt
-
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, interrupt)
-    output = log_file.open("a") if log_file else None
-    # A session of its own, so stopping reaches the code servers and run workers it started.
-    return subprocess.Popen(
-        command,
-        start_new_session=True,
-        stdout=output,
-        stderr=subprocess.STDOUT if output else None,
-    )
-
-
 @main.command()
 @click.option("--port", default=DEFAULT_PORT, show_default=True)
 @click.option(
@@ -190,16 +170,19 @@ def _start_dagster(command: list[str], log_file: Path | None = None) -> subproce
 def up(port, host):
     """Start the Dagster webserver and daemon for this home; Ctrl-C stops both."""
     home = _settings().home
-    process = _start_dagster(
-        ["dagster", "dev", "-m", DEFINITIONS_MODULE, "--host", host, "--port", str(port)]
+    process = start_service(
+        dagster_command(
+            "dagster", "dev", "-m", DEFINITIONS_MODULE, "--host", host, "--port", str(port)
+        )
     )
     click.echo(f"Dagster UI: http://{host}:{port} (home {home}); Ctrl-C stops it")
+    sys.stdout.flush()  # before Dagster's own output, also when stdout is a file
     try:
         process.wait()
     except KeyboardInterrupt:
         click.echo("stopping…")
     finally:
-        kill_process_group(process, grace_seconds=15)
+        stop_service(process)
 
 
 @main.command("make-dataset")
@@ -297,32 +280,6 @@ def models(as_json):
         )
 
 
-def _daemon_running(instance) -> bool:
-    heartbeats = instance.get_daemon_heartbeats()
-    newest = max((h.timestamp for h in heartbeats.values()), default=0)
-    return time.time() - newest < 30
-
-
-@contextlib.contextmanager
-def _daemon(instance) -> Iterator[None]:
-    """The daemon of this home: the running one, or one started for the duration."""
-    if _daemon_running(instance):
-        yield
-        return
-    log_file = Path(instance.root_directory) / "daemon.log"
-    click.echo(f"starting the Dagster daemon for this home (its log: {log_file})…")
-    process = _start_dagster(["dagster-daemon", "run", "-m", DEFINITIONS_MODULE], log_file)
-    try:
-        deadline = time.monotonic() + DAEMON_START_TIMEOUT_SECONDS
-        while not _daemon_running(instance):
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise click.ClickException(f"the Dagster daemon did not start; see {log_file}")
-            time.sleep(1)
-        yield
-    finally:
-        kill_process_group(process, grace_seconds=15)
-
-
 @main.command()
 @click.option("--epochs", default=30, show_default=True)
 def demo(epochs):
@@ -334,33 +291,37 @@ def demo(epochs):
         data = service.settings.data_dir
         make_dataset(data / "demo-train", images=24, seed=0)
         make_dataset(data / "demo-unseen", images=16, seed=1)
-        with _daemon(service.instance):
-            click.echo(f"training model 'demo' for {epochs} epochs on {data / 'demo-train'}…")
-            trained = service.submit(
-                Kind.TRAINING.value,
-                {"dataset": str(data / "demo-train"), "name": "demo", "epochs": epochs},
-            )
-            trained = service.wait(trained.id)
-            _print_record(trained, as_json=False)
-            if trained.status != Status.SUCCESS.value:
-                sys.exit(1)
-            click.echo(f"detecting on {data / 'demo-unseen' / 'images'}…")
-            detected = service.submit(
-                Kind.DETECTION.value,
-                {"images": [str(data / "demo-unseen" / "images")], "model": "demo"},
-            )
-            detected = service.wait(detected.id)
-        _print_record(detected, as_json=False)
-        if detected.status != Status.SUCCESS.value:
-            sys.exit(1)
+        log_file = service.settings.home / "daemon.log"
+        if not daemon_running(service.instance):
+            click.echo(f"starting the Dagster daemon for this home (its log: {log_file})…")
+        try:
+            with running_daemon(service.instance, log_file):
+                click.echo(f"training model 'demo' for {epochs} epochs on {data / 'demo-train'}…")
+                training = {"dataset": str(data / "demo-train"), "name": "demo", "epochs": epochs}
+                _wait_for_success(service, service.submit(Kind.TRAINING.value, training))
+                click.echo(f"detecting on {data / 'demo-unseen' / 'images'}…")
+                detection = {"images": [str(data / "demo-unseen" / "images")], "model": "demo"}
+                detected = _wait_for_success(
+                    service, service.submit(Kind.DETECTION.value, detection)
+                )
+        except DaemonDidNotStart as error:
+            raise click.ClickException(str(error)) from error
         output = Path(detected.output_dir)
         found = recall(output / DETECTIONS_FILE, data / "demo-unseen" / "annotations.json")
-        model = service.store.find_model("demo")
+        metrics = service.store.find_model("demo").metrics
     click.echo(
-        f"\nmodel demo:{model.version}: bbox mAP {model.metrics['bbox_mAP']:.3f} (best epoch {model.metrics['best_epoch']})"
+        f"\nmodel demo: bbox mAP {metrics['bbox_mAP']:.3f} (best epoch {metrics['best_epoch']})"
     )
     click.echo(f"found {found:.0%} of the rectangles in the unseen images (IoU >= 0.5)")
     click.echo(f"detections: {output / DETECTIONS_FILE}\ndrawn images: {output / DRAWN_DIR}")
     click.echo(
         f"see both runs in the UI: `detection-pipeline up`, then http://127.0.0.1:{DEFAULT_PORT}"
     )
+
+
+def _wait_for_success(service: RunService, record: RunRecord) -> RunRecord:
+    record = service.wait(record.id)
+    _print_record(record, as_json=False)
+    if record.status != Status.SUCCESS.value:
+        sys.exit(1)
+    return record

@@ -1,9 +1,6 @@
 """Fixtures: Dagster homes on SQLite and PostgreSQL, tiny datasets, a tiny model trained once."""
 
 import os
-import shutil
-import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -12,12 +9,13 @@ import pytest
 import sqlalchemy as sa
 from dagster import DagsterInstance, instance_for_test
 
+from detection_pipeline.dagster_services import running_daemon
 from detection_pipeline.datasets.synthetic import make_dataset
 from detection_pipeline.definitions import build_resources
 from detection_pipeline.instance import write_instance_config
 from detection_pipeline.jobs.train import train
-from detection_pipeline.process_group import kill_process_group
-from detection_pipeline.records.service import DEFINITIONS_MODULE
+from detection_pipeline.records import record_store
+from detection_pipeline.records.service import RunService
 from detection_pipeline.settings import Settings
 
 POSTGRES_ADMIN_URL = os.environ.get(
@@ -93,60 +91,28 @@ def trained_model(tmp_path_factory, datasets):
             resources=build_resources(settings),
         )
         assert result.success
-        from detection_pipeline.records import record_store
-
         model = record_store(instance).find_model("tiny")
     return settings, model
 
 
-class DagsterHome:
-    """A Dagster home with a real daemon: what `detection-pipeline up` runs, minus the UI."""
-
-    def __init__(self, settings: Settings):
-        self.settings = settings
-        self.daemon: subprocess.Popen | None = None
-
-    @property
-    def env(self) -> dict:
-        return {**os.environ, "DAGSTER_HOME": str(self.settings.home)}
-
-    def instance(self) -> DagsterInstance:
-        os.environ["DAGSTER_HOME"] = str(self.settings.home)
-        return DagsterInstance.get()
-
-    def start_daemon(self) -> None:
-        log = (self.settings.home / "daemon.log").open("a")
-        self.daemon = subprocess.Popen(
-            [str(Path(sys.executable).parent / "dagster-daemon"), "run", "-m", DEFINITIONS_MODULE],
-            env=self.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-    def stop_daemon(self) -> None:
-        if self.daemon:
-            kill_process_group(self.daemon, grace_seconds=15)
-            self.daemon = None
-
-
 @pytest.fixture(params=["sqlite", "postgres"])
-def daemon_home(request, tmp_path, datasets, trained_model):
-    """A home on SQLite or PostgreSQL with its daemon running and the tiny model's files allowed."""
+def queue(request, tmp_path, datasets, trained_model, monkeypatch):
+    """A RunService on a home (SQLite or PostgreSQL) with its Dagster daemon running, the
+    session's tiny model registered as `tiny`, and that home in $DAGSTER_HOME."""
     postgres_url = request.getfixturevalue("postgres_url") if request.param == "postgres" else None
-    _, model = trained_model
-    settings = make_home(
-        tmp_path / "home", postgres_url, input_roots=[datasets, Path(model.checkpoint).parent]
-    )
-    home = DagsterHome(settings)
-    previous = os.environ.get("DAGSTER_HOME")
-    home.start_daemon()
-    yield home
-    home.stop_daemon()
-    if previous is None:
-        os.environ.pop("DAGSTER_HOME", None)
-    else:
-        os.environ["DAGSTER_HOME"] = previous
+    model = trained_model[1]
+    model_dir = Path(model.checkpoint).parent
+    settings = make_home(tmp_path / "home", postgres_url, input_roots=[datasets, model_dir])
+    monkeypatch.setenv("DAGSTER_HOME", str(settings.home))
+    with (
+        DagsterInstance.get() as instance,
+        running_daemon(instance, settings.home / "daemon.log") as daemon,
+    ):
+        assert daemon is not None  # ours, not one left over from elsewhere
+        service = RunService(instance, settings)
+        fields = ("classes", "config", "checkpoint", "metrics")
+        service.store.register_model("tiny", **{field: getattr(model, field) for field in fields})
+        yield service
 
 
 def wait_until(condition, timeout: float = 60, poll: float = 0.5):
@@ -157,8 +123,3 @@ def wait_until(condition, timeout: float = 60, poll: float = 0.5):
             return value
         time.sleep(poll)
     raise AssertionError(f"condition not met within {timeout} s")
-
-
-def copy_tree(source: Path, target: Path) -> Path:
-    shutil.copytree(source, target)
-    return target

@@ -13,16 +13,13 @@ import pydantic
 from dagster import DagsterInstance, DagsterRunStatus
 
 from .. import run_tags
+from ..dagster_services import DEFINITIONS_MODULE
 from ..errors import InputError
 from ..jobs.detect import DetectConfig, check_inputs
 from ..jobs.train import TrainConfig, check_dataset
 from ..settings import QUEUE_OF_KIND, Settings
 from . import record_store
 from .schema import Kind, RunRecord, Status
-
-# The webserver and daemon load this module (`-m`), and Dagster names the code location after
-# it; runs created here must name the same location for the daemon to launch them.
-DEFINITIONS_MODULE = "detection_pipeline.definitions"
 
 # kind -> (job name, the op that takes the run's config, its config class)
 JOBS = {
