@@ -3,6 +3,7 @@
 import contextlib
 import dataclasses
 import json
+import shutil
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -314,9 +315,9 @@ def demo(epochs):
     )
     click.echo(f"found {found:.0%} of the rectangles in the unseen images (IoU >= 0.5)")
     click.echo(f"detections: {output / DETECTIONS_FILE}\ndrawn images: {output / DRAWN_DIR}")
-    click.echo(
-        f"see both runs in the UI: `detection-pipeline up`, then http://127.0.0.1:{DEFAULT_PORT}"
-    )
+    # As the user called it: `.venv/bin/detection-pipeline` when the venv is not on PATH.
+    cli = "detection-pipeline" if shutil.which("detection-pipeline") == sys.argv[0] else sys.argv[0]
+    click.echo(f"see both runs in the UI: `{cli} up`, then http://127.0.0.1:{DEFAULT_PORT}")
 
 
 def _wait_for_success(service: RunService, record: RunRecord) -> RunRecord:
