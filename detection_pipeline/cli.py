@@ -2,6 +2,7 @@
 
 import contextlib
 import dataclasses
+import datetime as dt
 import json
 import shutil
 import sys
@@ -20,10 +21,10 @@ from .dagster_services import (
     stop_service,
 )
 from .datasets.synthetic import make_dataset
-from .errors import InputError
+from .errors import InputError, NotAllowed
 from .instance import dagster_home, use_home, write_instance_config
 from .records import RecordNotFound
-from .records.schema import Kind, RunRecord, Status
+from .records.schema import Kind, RunRecord, Status, utcnow
 from .records.service import RunService
 from .settings import Settings
 
@@ -62,14 +63,28 @@ def _print_record(record: RunRecord, as_json: bool) -> None:
         click.echo(f"  error: {record.error}")
 
 
-def _submit_and_report(
-    kind: str, params: dict, queue, priority, key, wait: bool, as_json: bool
-) -> None:
-    with _service() as service:
-        try:
-            record = service.submit(kind, params, queue=queue, priority=priority, key=key)
-        except InputError as error:
-            raise click.ClickException(str(error)) from error
+@contextlib.contextmanager
+def _user_errors() -> Iterator[None]:
+    """Errors meant for the user end the command with their message, not a traceback."""
+    try:
+        yield
+    except (InputError, NotAllowed, RecordNotFound) as error:
+        raise click.ClickException(str(error)) from error
+
+
+def _run_at(delay: float | None, at: dt.datetime | None) -> dt.datetime | None:
+    if delay is not None and at is not None:
+        raise click.UsageError("give --delay or --at, not both")
+    if delay is not None:
+        return utcnow() + dt.timedelta(seconds=delay)
+    return at.astimezone() if at else None  # a time without zone is local time
+
+
+def _submit_and_report(kind: str, params: dict, queue, priority, key, delay, at, wait, as_json):
+    with _service() as service, _user_errors():
+        record = service.submit(
+            kind, params, queue=queue, priority=priority, key=key, run_at=_run_at(delay, at)
+        )
         if not daemon_running(service.instance):
             click.echo(
                 "no Dagster daemon is running for this home, so nothing will start the run: "
@@ -78,7 +93,7 @@ def _submit_and_report(
             )
         if wait:
             if not as_json:
-                click.echo(f"run {record.id} queued; waiting for it to finish…")
+                click.echo(f"run {record.id} submitted; waiting for it to finish…")
             record = service.wait(record.id)
     _print_record(record, as_json)
     if wait and record.status != Status.SUCCESS.value:
@@ -93,6 +108,16 @@ queue_options = [
     click.option("--priority", type=int, help="Overrides the queue's priority; higher runs first."),
     click.option(
         "--key", help="Idempotency key: submitting the same key again returns the first run."
+    ),
+    click.option(
+        "--delay", type=float, help="Start the run no sooner than this many seconds from now."
+    ),
+    click.option(
+        "--at",
+        type=click.DateTime(
+            ["%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M", "%Y-%m-%d %H:%M"]
+        ),
+        help="Start the run no sooner than this local time, e.g. '2026-12-01 22:00'.",
     ),
     click.option(
         "--wait", is_flag=True, help="Block until the run ends; exit 1 unless it succeeded."
@@ -206,12 +231,12 @@ def make_dataset_command(out, images, size, seed):
 @click.option("--name", required=True, help="Register the trained model under this name.")
 @click.option("--epochs", type=int, help="Training epochs (default 30).")
 @with_queue_options
-def train(dataset, name, epochs, queue, priority, key, wait, as_json):
+def train(dataset, name, epochs, **submission):
     """Submit a training run to the queue."""
     params = {"dataset": str(Path(dataset).expanduser().resolve()), "name": name}
     if epochs:
         params["epochs"] = epochs
-    _submit_and_report(Kind.TRAINING.value, params, queue, priority, key, wait, as_json)
+    _submit_and_report(Kind.TRAINING.value, params, **submission)
 
 
 @main.command()
@@ -222,7 +247,7 @@ def train(dataset, name, epochs, queue, priority, key, wait, as_json):
 )
 @click.option("--device", help="cpu, cuda or cuda:N (default cpu).")
 @with_queue_options
-def detect(images, model, score_threshold, device, queue, priority, key, wait, as_json):
+def detect(images, model, score_threshold, device, **submission):
     """Submit a detection run to the queue."""
     params = {
         "images": [str(Path(image).expanduser().resolve()) for image in images],
@@ -230,7 +255,7 @@ def detect(images, model, score_threshold, device, queue, priority, key, wait, a
     }
     optional = {"score_threshold": score_threshold, "device": device}
     params.update({k: v for k, v in optional.items() if v is not None})
-    _submit_and_report(Kind.DETECTION.value, params, queue, priority, key, wait, as_json)
+    _submit_and_report(Kind.DETECTION.value, params, **submission)
 
 
 @main.command()
@@ -258,12 +283,38 @@ def runs(status, queue, as_json):
 @click.option("--json", "as_json", is_flag=True)
 def show(record_id, as_json):
     """Show one run."""
-    with _service() as service:
-        try:
-            record = service.reconcile(service.store.get_run(record_id))
-        except RecordNotFound as error:
-            raise click.ClickException(str(error)) from error
+    with _service() as service, _user_errors():
+        record = service.reconcile(service.store.get_run(record_id))
     _print_record(record, as_json)
+
+
+@main.command()
+@click.argument("record_id", type=int)
+@click.option("--json", "as_json", is_flag=True)
+def cancel(record_id, as_json):
+    """Take a waiting run off the queue."""
+    with _service() as service, _user_errors():
+        record = service.cancel(record_id)
+    _print_record(record, as_json)
+
+
+@main.command()
+@click.argument("record_id", type=int)
+@click.option("--json", "as_json", is_flag=True)
+def terminate(record_id, as_json):
+    """Stop a processing run, MMDetection and all it started included."""
+    with _service() as service, _user_errors():
+        record = service.terminate(record_id)
+    _print_record(record, as_json)
+
+
+@main.command()
+@click.argument("record_id", type=int)
+def delete(record_id):
+    """Delete a run that is not processing: its folder, its Dagster runs, its record."""
+    with _service() as service, _user_errors():
+        service.delete(record_id)
+    click.echo(f"run {record_id} deleted")
 
 
 @main.command()
@@ -279,6 +330,15 @@ def models(as_json):
         click.echo(
             f"{m.name}:{m.version}  classes {', '.join(m.classes)}  bbox mAP {m.metrics.get('bbox_mAP', 0):.3f}  {m.checkpoint}"
         )
+
+
+@main.command("delete-model")
+@click.argument("name")
+def delete_model(name):
+    """Delete every version of a registered model, unless a waiting or processing detection run uses it."""
+    with _service() as service, _user_errors():
+        versions = service.delete_model(name)
+    click.echo(f"model {name} deleted ({versions} version{'s' if versions != 1 else ''})")
 
 
 @main.command()

@@ -3,3 +3,8 @@ class InputError(ValueError):
 
     Submission refuses it; a run that meets it fails without touching anything outside its folder.
     """
+
+
+class NotAllowed(Exception):
+    """An operation the run (or model) does not allow in its current state; the message says
+    what to do instead."""

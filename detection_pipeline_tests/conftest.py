@@ -1,6 +1,8 @@
 """Fixtures: Dagster homes on SQLite and PostgreSQL, tiny datasets, a tiny model trained once."""
 
 import os
+import stat
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -71,11 +73,11 @@ def datasets(tmp_path_factory) -> Path:
     return root
 
 
-def make_home(path: Path, postgres_url: str | None = None, input_roots=()) -> Settings:
+def make_home(path: Path, postgres_url: str | None = None, input_roots=(), **settings) -> Settings:
     """A Dagster home the way `detection-pipeline init [--input-root ...]` makes it."""
     path.mkdir(parents=True, exist_ok=True)
     write_instance_config(path, postgres_url)
-    Settings(home=path, input_roots=tuple(Path(root) for root in input_roots)).save()
+    Settings(home=path, input_roots=tuple(Path(root) for root in input_roots), **settings).save()
     return Settings.load(path)
 
 
@@ -95,14 +97,33 @@ def trained_model(tmp_path_factory, datasets):
     return settings, model
 
 
+def python_wrapper(folder: Path) -> Path:
+    """An interpreter wrapper (like one that activates an environment) that leaves a grandchild
+    behind, so tests can check that a whole MMDetection process tree dies. Before handing over
+    to Python it writes its pid (the child's: exec keeps it) and the grandchild's."""
+    wrapper = folder / "python-wrapper"
+    wrapper.write_text(
+        "#!/bin/sh\necho $$ > child.pid\nsleep 1000 &\necho $! > grandchild.pid\n"
+        f'exec {sys.executable} "$@"\n'
+    )
+    wrapper.chmod(wrapper.stat().st_mode | stat.S_IEXEC)
+    return wrapper
+
+
 @pytest.fixture(params=["sqlite", "postgres"])
 def queue(request, tmp_path, datasets, trained_model, monkeypatch):
     """A RunService on a home (SQLite or PostgreSQL) with its Dagster daemon running, the
-    session's tiny model registered as `tiny`, and that home in $DAGSTER_HOME."""
+    session's tiny model registered as `tiny`, and that home in $DAGSTER_HOME. MMDetection
+    runs through `python_wrapper`."""
     postgres_url = request.getfixturevalue("postgres_url") if request.param == "postgres" else None
     model = trained_model[1]
     model_dir = Path(model.checkpoint).parent
-    settings = make_home(tmp_path / "home", postgres_url, input_roots=[datasets, model_dir])
+    settings = make_home(
+        tmp_path / "home",
+        postgres_url,
+        input_roots=[datasets, model_dir],
+        python_executable=str(python_wrapper(tmp_path)),
+    )
     monkeypatch.setenv("DAGSTER_HOME", str(settings.home))
     with (
         DagsterInstance.get() as instance,
@@ -123,3 +144,40 @@ def wait_until(condition, timeout: float = 60, poll: float = 0.5):
             return value
         time.sleep(poll)
     raise AssertionError(f"condition not met within {timeout} s")
+
+
+def proc_stat(pid: int) -> list[str] | None:
+    """/proc/PID/stat after the command name (state, ppid, pgrp, ...); None when gone or a zombie."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return None if fields[0] == "Z" else fields
+
+
+def alive(pid: int) -> bool:
+    return proc_stat(pid) is not None
+
+
+def live_processes() -> dict[int, list[str]]:
+    return {
+        int(e.name): f
+        for e in Path("/proc").iterdir()
+        if e.name.isdigit() and (f := proc_stat(int(e.name)))
+    }
+
+
+def processes_in_group(pgid: int) -> list[int]:
+    return [pid for pid, fields in live_processes().items() if int(fields[2]) == pgid]
+
+
+def descendants(root: int) -> set[int]:
+    children: dict[int, list[int]] = {}
+    for pid, fields in live_processes().items():
+        children.setdefault(int(fields[1]), []).append(pid)
+    found, todo = set(), [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.add(child)
+            todo.append(child)
+    return found

@@ -1,7 +1,5 @@
 """The MMDetection child process: its whole process tree dies on timeout, its output is kept."""
 
-import stat
-import sys
 from pathlib import Path
 
 from dagster import instance_for_test
@@ -11,27 +9,12 @@ from detection_pipeline.jobs.train import train
 from detection_pipeline.records import record_store
 from detection_pipeline.resources import MMDetRunner
 
-from .conftest import make_home, train_config
-
-
-def alive(pid: int) -> bool:
-    """True while the process exists and is not a zombie."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
-        return False
-    return state != "Z"
+from .conftest import alive, make_home, processes_in_group, python_wrapper, train_config
 
 
 def test_a_timeout_kills_mmdetection_and_everything_it_started(tmp_path, datasets):
     settings = make_home(tmp_path / "home", input_roots=[datasets])
-    # The configurable interpreter may be a wrapper (one that activates an environment, say);
-    # this one leaves a grandchild behind that must die with the rest.
-    wrapper = tmp_path / "python-wrapper"
-    wrapper.write_text(
-        f'#!/bin/sh\nsleep 1000 &\necho $! > grandchild.pid\nexec {sys.executable} "$@"\n'
-    )
-    wrapper.chmod(wrapper.stat().st_mode | stat.S_IEXEC)
+    wrapper = python_wrapper(tmp_path)
     resources = {
         **build_resources(settings),
         "runner": MMDetRunner(python_executable=str(wrapper), timeout_seconds=15),
@@ -49,8 +32,8 @@ def test_a_timeout_kills_mmdetection_and_everything_it_started(tmp_path, dataset
     assert record.status == "error"
     assert "ran longer than the limit of 15 s" in record.error
     run_dir = Path(record.output_dir)
-    grandchild = int((run_dir / "grandchild.pid").read_text())
-    assert not alive(grandchild)
+    assert not alive(int((run_dir / "grandchild.pid").read_text()))
+    assert not processes_in_group(int((run_dir / "child.pid").read_text()))
     log = (run_dir / f"error_{record.id}.txt").read_text()
     assert "Checkpoints will be saved to" in log  # training had really started when it was killed
     assert not (run_dir / "staging").exists()

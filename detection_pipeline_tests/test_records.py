@@ -4,11 +4,14 @@ import concurrent.futures
 
 import pytest
 import sqlalchemy as sa
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
 from dagster import DagsterInstance
 
 from detection_pipeline.instance import write_instance_config
 from detection_pipeline.records import RecordNotFound, RecordStore, record_store
-from detection_pipeline.records.database import records_url
+from detection_pipeline.records.database import migrate, records_url
+from detection_pipeline.records.schema import VERSION_TABLE, Base
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -85,3 +88,32 @@ def test_records_live_in_the_database_of_the_dagster_instance(tmp_path, postgres
     # Dagster's tables and ours side by side, each with its own migration history
     assert {"runs", "event_logs", "alembic_version"} <= tables
     assert {"dp_run_records", "dp_models", "dp_alembic_version"} <= tables
+
+
+def test_an_upgrade_from_the_previous_schema_keeps_every_record(database_url):
+    engine = sa.create_engine(database_url)
+    migrate(engine, "0001")
+    with engine.begin() as connection:
+        connection.execute(
+            sa.text(
+                "INSERT INTO dp_run_records (kind, status, queue, priority, created_at, attempts,"
+                " dagster_run_ids, params) VALUES ('detection', 'success', 'detection', 10,"
+                " '2026-01-02 03:04:05', 1, '[\"r1\"]', '{\"images\": [\"a.png\"]}')"
+            )
+        )
+    migrate(engine)
+    [record] = RecordStore(database_url).list_runs()
+    assert (record.kind, record.status, record.dagster_run_ids) == ("detection", "success", ["r1"])
+    assert record.params == {"images": ["a.png"]}
+    indexes = {index["name"] for index in sa.inspect(engine).get_indexes("dp_run_records")}
+    assert {"ix_dp_run_records_run_at", "ix_dp_run_records_queue"} <= indexes
+
+
+def test_the_tables_are_what_the_migrations_make(database_url):
+    RecordStore(database_url)  # migrates an empty database to the newest revision
+    with sa.create_engine(database_url).connect() as connection:
+        differences = compare_metadata(
+            MigrationContext.configure(connection, opts={"version_table": VERSION_TABLE}),
+            Base.metadata,
+        )
+    assert differences == []

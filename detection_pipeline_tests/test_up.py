@@ -9,7 +9,7 @@ import sys
 import urllib.request
 from pathlib import Path
 
-from .conftest import make_home, wait_until
+from .conftest import alive, descendants, make_home, wait_until
 
 CLI = str(Path(sys.executable).parent / "detection-pipeline")
 
@@ -28,28 +28,6 @@ def _answers(url: str) -> bool:
         return False
 
 
-def _stat(pid: int) -> list[str] | None:
-    """Fields of /proc/PID/stat after the command name: state, ppid, ...; None when gone or a zombie."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    return None if fields[0] == "Z" else fields
-
-
-def _descendants(root: int) -> set[int]:
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and (fields := _stat(int(entry.name))):
-            children.setdefault(int(fields[1]), []).append(int(entry.name))
-    found, todo = set(), [root]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.add(child)
-            todo.append(child)
-    return found
-
-
 def test_up_serves_the_ui_and_stops_cleanly_on_ctrl_c(tmp_path):
     settings = make_home(tmp_path / "home")
     port = _free_port()
@@ -63,12 +41,12 @@ def test_up_serves_the_ui_and_stops_cleanly_on_ctrl_c(tmp_path):
     try:
         wait_until(lambda: f"Dagster UI: http://127.0.0.1:{port}" in log.read_text(), timeout=30)
         wait_until(lambda: _answers(f"http://127.0.0.1:{port}/server_info"), timeout=120)
-        started = _descendants(up.pid)
+        started = descendants(up.pid)
         assert len(started) >= 3  # dagster dev, its webserver, its daemon, code servers
         up.send_signal(signal.SIGINT)
         up.wait(timeout=60)
-        wait_until(lambda: not [pid for pid in started if _stat(pid)], timeout=30)
+        wait_until(lambda: not [pid for pid in started if alive(pid)], timeout=30)
     finally:
-        for pid in _descendants(up.pid) | {up.pid}:
+        for pid in descendants(up.pid) | {up.pid}:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)

@@ -27,7 +27,13 @@ def start_record(
             context.run_id, {run_tags.RECORD_ID: str(record_id), run_tags.QUEUE: queue}
         )
     store.update(record_id, output_dir=str(folders.run_dir(record_id)))
-    return store.mark_processing(record_id, context.run_id)
+    record = store.mark_processing(record_id, context.run_id)
+    if record is None:  # cancelled while the queue was launching it
+        raise Failure(
+            description=f"run {record_id} is {store.get_run(record_id).status}, not waiting: not started",
+            allow_retries=False,
+        )
+    return record
 
 
 @op

@@ -1,6 +1,10 @@
 """Where the records live: the database of the Dagster instance, migrated on first use."""
 
+import contextlib
+import fcntl
 import functools
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -25,9 +29,17 @@ def _enable_sqlite_wal(dbapi_connection, _record) -> None:
     dbapi_connection.execute("PRAGMA journal_mode=WAL")
 
 
-@functools.cache
+_engines_lock = threading.Lock()
+
+
 def engine_for(url: str) -> sa.Engine:
     """One migrated engine per database and process."""
+    with _engines_lock:  # threads of one process share the engine and migrate once
+        return _migrated_engine(url)
+
+
+@functools.cache
+def _migrated_engine(url: str) -> sa.Engine:
     if url.startswith("sqlite"):
         engine = sa.create_engine(url, connect_args={"timeout": 30})
         sa.event.listen(engine, "connect", _enable_sqlite_wal)
@@ -37,9 +49,24 @@ def engine_for(url: str) -> sa.Engine:
     return engine
 
 
+@contextlib.contextmanager
+def _migration_lock(connection: sa.Connection) -> Iterator[None]:
+    """Holds off other processes migrating the same database until this one is done."""
+    if connection.dialect.name == "postgresql":
+        # Released with the transaction; the number is arbitrary but fixed.
+        connection.execute(sa.text("SELECT pg_advisory_xact_lock(7283190462)"))
+        yield
+        return
+    database = connection.engine.url.database
+    with open(f"{database}.migrating.lock", "w") as lock_file:  # SQLite: a lock file beside it
+        fcntl.flock(lock_file, fcntl.LOCK_EX)
+        yield
+
+
 def migrate(engine: sa.Engine, revision: str = "head") -> None:
+    """Upgrades the records tables to `revision`; safe to run from several processes at once."""
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
-    with engine.begin() as connection:
+    with engine.begin() as connection, _migration_lock(connection):
         config.attributes["connection"] = connection
         command.upgrade(config, revision)

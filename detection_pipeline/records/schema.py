@@ -10,6 +10,9 @@ import enum
 from sqlalchemy import JSON, DateTime, Integer, String, Text, TypeDecorator, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+# Where Alembic keeps the records' schema revision; Dagster's own migrations use `alembic_version`.
+VERSION_TABLE = "dp_alembic_version"
+
 
 def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
@@ -58,12 +61,12 @@ class RunRecord(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     kind: Mapped[str] = mapped_column(String(16))
     status: Mapped[str] = mapped_column(String(16), index=True, default=Status.WAITING.value)
-    queue: Mapped[str] = mapped_column(String(64))
+    queue: Mapped[str] = mapped_column(String(64), index=True)
     priority: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
     started_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     finished_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
-    run_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    run_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, index=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     dagster_run_ids: Mapped[list] = mapped_column(JSON, default=list)
     output_dir: Mapped[str | None] = mapped_column(Text)

@@ -5,21 +5,23 @@ queue and priority; the daemon's QueuedRunCoordinator launches it when it is its
 """
 
 import contextlib
+import datetime as dt
 import sys
 import time
 from collections.abc import Iterator
 
 import pydantic
-from dagster import DagsterInstance, DagsterRunStatus
+from dagster import DagsterInstance, DagsterRun, DagsterRunStatus
 
 from .. import run_tags
 from ..dagster_services import DEFINITIONS_MODULE
-from ..errors import InputError
+from ..errors import InputError, NotAllowed
 from ..jobs.detect import DetectConfig, check_inputs
 from ..jobs.train import TrainConfig, check_dataset
 from ..settings import QUEUE_OF_KIND, Settings
 from . import record_store
-from .schema import Kind, RunRecord, Status
+from .files import remove_model_folder, remove_run_folder
+from .schema import Kind, RunRecord, Status, utcnow
 
 # kind -> (job name, the op that takes the run's config, its config class)
 JOBS = {
@@ -27,6 +29,8 @@ JOBS = {
     Kind.TRAINING.value: ("train", "prepare_dataset", TrainConfig),
 }
 FINAL_STATUSES = {Status.SUCCESS.value, Status.ERROR.value, Status.CANCELLED.value}
+ACTIVE_STATUSES = {Status.WAITING.value, Status.PROCESSING.value}
+TERMINATED = "terminated by user"
 
 
 @contextlib.contextmanager
@@ -99,6 +103,22 @@ def _parse_config(kind: str, params: dict):
         raise InputError(f"invalid {kind} parameters: {problems}") from error
 
 
+def _processing(record: RunRecord, run: DagsterRun | None) -> bool:
+    """Processing, or launched by the queue and about to say so."""
+    launched = (
+        run is not None
+        and not run.is_finished
+        and run.status
+        not in (
+            DagsterRunStatus.QUEUED,
+            DagsterRunStatus.NOT_STARTED,
+        )
+    )
+    return record.status == Status.PROCESSING.value or (
+        record.status == Status.WAITING.value and launched
+    )
+
+
 class RunService:
     def __init__(self, instance: DagsterInstance, settings: Settings):
         self.instance = instance
@@ -112,8 +132,10 @@ class RunService:
         queue: str | None = None,
         priority: int | None = None,
         key: str | None = None,
+        run_at: dt.datetime | None = None,
     ) -> RunRecord:
-        """Checks the inputs, records the run and queues it. Raises InputError for bad input.
+        """Checks the inputs, records the run and queues it; a run_at in the future leaves it
+        waiting for the delayed-run sensor instead. Raises InputError for bad input.
 
         With a key, submitting again returns the first run instead of making another.
         """
@@ -126,45 +148,155 @@ class RunService:
         if queue not in self.settings.queues:
             raise InputError(f"unknown queue {queue!r}; queues: {', '.join(self.settings.queues)}")
         priority = self.settings.queues[queue] if priority is None else priority
+        delayed = run_at is not None and run_at > utcnow()
         model = params.get("model") or params.get("name")
         record, created = self.store.create_run(
-            kind, queue, priority, config.model_dump(), model, key=key
+            kind,
+            queue,
+            priority,
+            config.model_dump(),
+            model,
+            run_at=run_at if delayed else None,
+            key=key,
         )
-        if not created:
+        if not created or delayed:
             return record
-        job_name, op_name, _ = JOBS[kind]
+        return self._enqueue(record)
+
+    def _enqueue(self, record: RunRecord) -> RunRecord:
+        """Creates the record's Dagster run in the instance's queue."""
+        job_name, op_name, _ = JOBS[record.kind]
         run_id = _queue_dagster_run(
             self.instance,
             job_name,
-            {"ops": {op_name: {"config": config.model_dump()}}},
+            {"ops": {op_name: {"config": record.params}}},
             {
                 run_tags.RECORD_ID: str(record.id),
-                run_tags.QUEUE: queue,
-                run_tags.PRIORITY: str(priority),
+                run_tags.QUEUE: record.queue,
+                run_tags.PRIORITY: str(record.priority),
             },
         )
         return self.store.add_attempt(record.id, run_id)
+
+    def submit_due(self, now: dt.datetime | None = None) -> list[RunRecord]:
+        """Queues the delayed runs whose time has come, highest priority first."""
+        queued = []
+        for record in self.store.due_runs(now or utcnow()):
+            # Taking run_at away claims the record: a second caller finds nothing to queue.
+            claimed = self.store.transition(record.id, {Status.WAITING.value}, run_at=None)
+            if claimed and claimed.dagster_run_id is None:
+                queued.append(self._enqueue(claimed))
+        return queued
+
+    def _dagster_run(self, record: RunRecord) -> DagsterRun | None:
+        """The Dagster run of the record's latest attempt, if it has one."""
+        return self.instance.get_run_by_id(record.dagster_run_id) if record.dagster_run_id else None
+
+    def cancel(self, record_id: int) -> RunRecord:
+        """Takes a waiting run off the queue (Dagster's, or the delayed runs')."""
+        record = self.reconcile(self.store.get_run(record_id))
+        run = self._dagster_run(record)
+        if _processing(record, run):
+            raise NotAllowed(
+                f"run {record_id} is already processing and cannot be cancelled; "
+                f"stop it with `detection-pipeline terminate {record_id}`"
+            )
+        if record.status in FINAL_STATUSES:
+            raise NotAllowed(
+                f"run {record_id} has already ended ({record.status}); nothing to cancel"
+            )
+        cancelled = self.store.transition(
+            record_id, {Status.WAITING.value}, status=Status.CANCELLED.value, finished_at=utcnow()
+        )
+        if run is not None:
+            # Should the queue launch it meanwhile, the run finds its record cancelled and stops.
+            self.instance.run_coordinator.cancel_run(run.run_id)
+        return cancelled or self.store.get_run(record_id)
+
+    def terminate(self, record_id: int, timeout_seconds: float = 120) -> RunRecord:
+        """Stops a processing run: Dagster interrupts its worker, which kills the MMDetection
+        process group; waits for the run to end."""
+        record = self.reconcile(self.store.get_run(record_id))
+        if not _processing(record, self._dagster_run(record)):
+            hint = (
+                f"; `detection-pipeline cancel {record_id}` takes it off the queue"
+                if record.status == Status.WAITING.value
+                else ""
+            )
+            raise NotAllowed(
+                f"run {record_id} is {record.status}, not processing: nothing to terminate{hint}"
+            )
+        # First, so that the run's own failure report does not replace the reason.
+        self.store.transition(
+            record_id,
+            ACTIVE_STATUSES,
+            status=Status.ERROR.value,
+            finished_at=utcnow(),
+            error=TERMINATED,
+        )
+        self.instance.run_coordinator.cancel_run(record.dagster_run_id)
+        deadline = time.monotonic() + timeout_seconds
+        while not self.instance.get_run_by_id(record.dagster_run_id).is_finished:
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"run {record_id} was asked to stop but has not after {timeout_seconds:.0f} s; "
+                    "Dagster's run monitoring fails it when its cancel timeout passes"
+                )
+            time.sleep(0.5)
+        return self.store.get_run(record_id)
+
+    def delete(self, record_id: int) -> None:
+        """Removes a run that is not processing: its folder, its Dagster runs, its record."""
+        record = self.reconcile(self.store.get_run(record_id))
+        if record.status == Status.WAITING.value:
+            record = self.cancel(record_id)
+        if record.status == Status.PROCESSING.value:
+            raise NotAllowed(
+                f"run {record_id} is processing and cannot be deleted; "
+                f"`detection-pipeline terminate {record_id}` stops it first"
+            )
+        remove_run_folder(self.settings.runs_dir, record_id)
+        for run_id in record.dagster_run_ids:
+            if self.instance.get_run_by_id(run_id):
+                self.instance.delete_run(run_id)
+        self.store.delete_run(record_id)
+
+    def delete_model(self, name: str) -> int:
+        """Removes every version of a registered model; returns how many there were."""
+        users = [
+            r.id
+            for r in self.store.list_runs(kind=Kind.DETECTION.value)
+            if r.status in ACTIVE_STATUSES and (r.model or "").partition(":")[0] == name
+        ]
+        if users:
+            raise NotAllowed(
+                f"model {name} is used by waiting or processing detection runs {users}; "
+                "cancel them or wait for them to end"
+            )
+        versions = self.store.delete_models(name)
+        if not versions:
+            raise NotAllowed(f"no model named {name!r}; `detection-pipeline models` lists them")
+        remove_model_folder(self.settings.models_dir, name)
+        return versions
 
     def reconcile(self, record: RunRecord) -> RunRecord:
         """Brings a record that is not final in line with its ended (or vanished) Dagster run."""
         if record.status in FINAL_STATUSES or record.dagster_run_id is None:
             return record
         run = self.instance.get_run_by_id(record.dagster_run_id)
+        if run is not None and not run.is_finished:
+            return record
         if run is None:
-            return self.store.mark_finished(record.id, error="run not found in Dagster")
-        if not run.is_finished:
-            return record
-        # The run's own ops write its record; re-read in case they did so just now.
-        record = self.store.get_run(record.id)
-        if record.status in FINAL_STATUSES:
-            return record
-        if run.status == DagsterRunStatus.SUCCESS:
-            return self.store.mark_finished(record.id)
-        if run.status == DagsterRunStatus.CANCELED:
-            return self.store.update(record.id, status=Status.CANCELLED.value)
-        return self.store.mark_finished(
-            record.id, error=f"Dagster run {run.run_id} ended {run.status.value}"
-        )
+            self.store.mark_finished(record.id, error="run not found in Dagster")
+        elif run.status == DagsterRunStatus.SUCCESS:
+            self.store.mark_finished(record.id)
+        elif run.status == DagsterRunStatus.CANCELED:
+            self.store.transition(record.id, ACTIVE_STATUSES, status=Status.CANCELLED.value)
+        else:
+            self.store.mark_finished(
+                record.id, error=f"Dagster run {run.run_id} ended {run.status.value}"
+            )
+        return self.store.get_run(record.id)
 
     def wait(
         self, record_id: int, timeout_seconds: float | None = None, poll_seconds: float = 1.0

@@ -68,12 +68,17 @@ class RecordStore:
             )
         return record
 
-    def list_runs(self, status: str | None = None, queue: str | None = None) -> list[RunRecord]:
+    def list_runs(
+        self, status: str | None = None, queue: str | None = None, kind: str | None = None
+    ) -> list[RunRecord]:
         query = sa.select(RunRecord).order_by(RunRecord.id)
-        if status:
-            query = query.where(RunRecord.status == status)
-        if queue:
-            query = query.where(RunRecord.queue == queue)
+        for column, value in (
+            (RunRecord.status, status),
+            (RunRecord.queue, queue),
+            (RunRecord.kind, kind),
+        ):
+            if value:
+                query = query.where(column == value)
         with self._session() as session:
             return list(session.scalars(query))
 
@@ -94,21 +99,58 @@ class RecordStore:
                 record.dagster_run_ids = [*record.dagster_run_ids, dagster_run_id]
         return record
 
-    def mark_processing(self, record_id: int, dagster_run_id: str) -> RunRecord:
+    def transition(self, record_id: int, allowed_from: set[str], **values) -> RunRecord | None:
+        """Updates the record only while its status is one of `allowed_from`, in one statement,
+        so two writers (a run and a user, say) cannot both win. Returns None if it was not."""
+        with self._session() as session:
+            changed = session.execute(
+                sa.update(RunRecord)
+                .where(RunRecord.id == record_id, RunRecord.status.in_(allowed_from))
+                .values(**values)
+            ).rowcount
+        return self.get_run(record_id) if changed else None
+
+    def mark_processing(self, record_id: int, dagster_run_id: str) -> RunRecord | None:
+        """A waiting record starts its next attempt; None if it is no longer waiting."""
         self.add_attempt(record_id, dagster_run_id)
-        record = self.get_run(record_id)
-        return self.update(
+        return self.transition(
             record_id,
+            {Status.WAITING.value},
             status=Status.PROCESSING.value,
             started_at=utcnow(),
             finished_at=None,
             error=None,
-            attempts=record.attempts + 1,
+            attempts=RunRecord.attempts + 1,
         )
 
-    def mark_finished(self, record_id: int, error: str | None = None) -> RunRecord:
+    def mark_finished(self, record_id: int, error: str | None = None) -> RunRecord | None:
+        """Success, or error with its message; a record already final keeps what it has."""
         status = Status.ERROR if error else Status.SUCCESS
-        return self.update(record_id, status=status.value, finished_at=utcnow(), error=error)
+        return self.transition(
+            record_id,
+            {Status.WAITING.value, Status.PROCESSING.value},
+            status=status.value,
+            finished_at=utcnow(),
+            error=error,
+        )
+
+    def due_runs(self, now: dt.datetime) -> list[RunRecord]:
+        """Delayed records whose time has come, highest priority first."""
+        query = (
+            sa.select(RunRecord)
+            .where(
+                RunRecord.status == Status.WAITING.value,
+                RunRecord.run_at.is_not(None),
+                RunRecord.run_at <= now,
+            )
+            .order_by(RunRecord.priority.desc(), RunRecord.run_at, RunRecord.id)
+        )
+        with self._session() as session:
+            return list(session.scalars(query))
+
+    def delete_run(self, record_id: int) -> None:
+        with self._session() as session:
+            session.execute(sa.delete(RunRecord).where(RunRecord.id == record_id))
 
     # --- registered models ---------------------------------------------------------------
 
@@ -135,6 +177,13 @@ class RecordStore:
             query = query.where(RegisteredModel.version == version)
         with self._session() as session:
             return session.scalars(query.order_by(RegisteredModel.version.desc())).first()
+
+    def delete_models(self, name: str) -> int:
+        """Deletes every version of `name`; returns how many there were."""
+        with self._session() as session:
+            return session.execute(
+                sa.delete(RegisteredModel).where(RegisteredModel.name == name)
+            ).rowcount
 
     def list_models(self) -> list[RegisteredModel]:
         query = sa.select(RegisteredModel).order_by(RegisteredModel.name, RegisteredModel.version)

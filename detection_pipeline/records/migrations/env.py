@@ -2,9 +2,7 @@
 
 from alembic import context
 
-from detection_pipeline.records.schema import Base
-
-VERSION_TABLE = "dp_alembic_version"  # Dagster's own migrations use `alembic_version`.
+from detection_pipeline.records.schema import VERSION_TABLE, Base
 
 context.configure(
     connection=context.config.attributes["connection"],
