@@ -24,11 +24,10 @@ CLI = str(Path(sys.executable).parent / "detection-pipeline")
 
 
 @pytest.fixture(scope="session")
-def many_images(tmp_path_factory) -> Path:
+def many_images(datasets) -> Path:
     """Enough images that detecting on them keeps the queue busy for a while."""
-    folder = tmp_path_factory.mktemp("many")
-    make_dataset(folder, images=600, seed=2)
-    return folder / "images"
+    make_dataset(datasets / "many", images=600, seed=2)
+    return datasets / "many" / "images"
 
 
 def detection(images, **extra) -> dict:
