@@ -57,6 +57,8 @@ def _print_record(record: RunRecord, as_json: bool) -> None:
     click.echo(
         f"run {record.id} ({record.kind}, queue {record.queue}, priority {record.priority}): {record.status}"
     )
+    if record.run_at and record.status == Status.WAITING.value:
+        click.echo(f"  starts no sooner than: {record.run_at.astimezone():%Y-%m-%d %H:%M:%S %Z}")
     click.echo(f"  dagster run: {record.dagster_run_id}")
     click.echo(f"  output folder: {record.output_dir or '(made when the run starts)'}")
     if record.error:
@@ -271,10 +273,16 @@ def runs(status, queue, as_json):
     if as_json:
         click.echo(json.dumps([r.to_dict() for r in records], indent=2))
         return
-    click.echo(f"{'id':>5}  {'kind':<9} {'status':<10} {'queue':<10} {'model':<16} created")
+    click.echo(
+        f"{'id':>5}  {'kind':<9} {'status':<10} {'queue':<10} {'model':<16} {'created':<19}  note"
+    )
     for r in records:
+        note = (
+            f"starts at {r.run_at.astimezone():%Y-%m-%d %H:%M:%S}" if r.run_at else (r.error or "")
+        )
+        created = f"{r.created_at.astimezone():%Y-%m-%d %H:%M:%S}"
         click.echo(
-            f"{r.id:>5}  {r.kind:<9} {r.status:<10} {r.queue:<10} {(r.model or ''):<16} {r.created_at:%Y-%m-%d %H:%M:%S}"
+            f"{r.id:>5}  {r.kind:<9} {r.status:<10} {r.queue:<10} {(r.model or ''):<16} {created}  {note[:70]}"
         )
 
 

@@ -1,0 +1,49 @@
+"""The CLI's run management commands on a home with no daemon (nothing needs to run)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from dagster import DagsterInstance
+
+from detection_pipeline.records import record_store
+
+from .conftest import make_home
+
+CLI = str(Path(sys.executable).parent / "detection-pipeline")
+
+
+def test_a_delayed_run_can_be_listed_cancelled_and_deleted(tmp_path, datasets, trained_model):
+    model = trained_model[1]
+    home = make_home(tmp_path / "home", input_roots=[datasets, Path(model.checkpoint).parent]).home
+    env = {**os.environ, "DAGSTER_HOME": str(home)}
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([CLI, *args], env=env, capture_output=True, text=True, check=False)
+
+    images = str(datasets / "unseen" / "images")
+    submitted = cli("detect", "--images", images, "--model", "x", "--delay", "3600")
+    assert submitted.returncode == 1 and "unknown model 'x'" in submitted.stderr
+    # register the session's model under a name, as a training run would
+    with DagsterInstance.from_config(str(home)) as instance:
+        fields = ("classes", "config", "checkpoint", "metrics")
+        record_store(instance).register_model("m", **{f: getattr(model, f) for f in fields})
+
+    submitted = cli("detect", "--images", images, "--model", "m", "--delay", "3600", "--json")
+    record = json.loads(submitted.stdout)
+    assert record["status"] == "waiting" and record["run_at"] and record["dagster_run_id"] is None
+    assert "no Dagster daemon is running" in submitted.stderr
+
+    listed = cli("runs", "--status", "waiting")
+    assert "starts at" in listed.stdout
+    refused = cli("terminate", str(record["id"]))
+    assert refused.returncode == 1
+    assert f"`detection-pipeline cancel {record['id']}` takes it off the queue" in refused.stderr
+    assert json.loads(cli("cancel", str(record["id"]), "--json").stdout)["status"] == "cancelled"
+    assert cli("delete", str(record["id"])).stdout.strip() == f"run {record['id']} deleted"
+    assert json.loads(cli("runs", "--json").stdout) == []
+    missing = cli("show", str(record["id"]))
+    assert missing.returncode == 1 and f"no run with id {record['id']}" in missing.stderr
+    assert "model m deleted (1 version)" in cli("delete-model", "m").stdout
