@@ -2,6 +2,7 @@
 
 import os
 import stat
+import subprocess
 import sys
 import time
 import uuid
@@ -25,6 +26,14 @@ POSTGRES_ADMIN_URL = os.environ.get(
 )
 REQUIRE_POSTGRES = os.environ.get("DETECTION_PIPELINE_REQUIRE_POSTGRES") == "1"
 TRAIN_EPOCHS = 30
+CLI = str(Path(sys.executable).parent / "detection-pipeline")
+
+
+def cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Runs `detection-pipeline ARGS` on the home in $DAGSTER_HOME; output as text."""
+    return subprocess.run(
+        [CLI, *args], env=os.environ, capture_output=True, text=True, timeout=timeout, check=False
+    )
 
 
 def train_config(dataset: Path, name: str, epochs: int = TRAIN_EPOCHS) -> dict:

@@ -1,28 +1,21 @@
 """The CLI's run management commands on a home with no daemon (nothing needs to run)."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 from dagster import DagsterInstance
 
 from detection_pipeline.records import record_store
 
-from .conftest import make_home
-
-CLI = str(Path(sys.executable).parent / "detection-pipeline")
+from .conftest import cli, make_home
 
 
-def test_a_delayed_run_can_be_listed_cancelled_and_deleted(tmp_path, datasets, trained_model):
+def test_a_delayed_run_can_be_listed_cancelled_and_deleted(
+    tmp_path, datasets, trained_model, monkeypatch
+):
     model = trained_model[1]
     home = make_home(tmp_path / "home", input_roots=[datasets, Path(model.checkpoint).parent]).home
-    env = {**os.environ, "DAGSTER_HOME": str(home)}
-
-    def cli(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([CLI, *args], env=env, capture_output=True, text=True, check=False)
-
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
     images = str(datasets / "unseen" / "images")
     submitted = cli("detect", "--images", images, "--model", "x", "--delay", "3600")
     assert submitted.returncode == 1 and "unknown model 'x'" in submitted.stderr

@@ -1,8 +1,5 @@
 """The deployment's instance config and the embedded default written by `init`."""
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import yaml
@@ -10,8 +7,9 @@ from dagster import DagsterInstance
 
 from detection_pipeline.instance import DEPLOYMENT_CONFIG, instance_config
 
+from .conftest import cli
+
 TOP_LEVEL_CONFIG = Path(__file__).parents[1] / "dagster.yaml"
-CLI = str(Path(sys.executable).parent / "detection-pipeline")
 
 
 def test_the_top_level_dagster_yaml_is_the_deployment_config():
@@ -25,15 +23,10 @@ def test_the_top_level_dagster_yaml_is_the_deployment_config():
     assert config["run_monitoring"]["enabled"] is True
 
 
-def test_init_writes_an_embedded_home_with_the_same_queue(tmp_path):
+def test_init_writes_an_embedded_home_with_the_same_queue(tmp_path, monkeypatch):
     home = tmp_path / "home"
-    result = subprocess.run(
-        [CLI, "init"],
-        env={**os.environ, "DAGSTER_HOME": str(home)},
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    result = cli("init")
     assert result.returncode == 0, result.stderr
     written = yaml.safe_load((home / "dagster.yaml").read_text())
     deployment = yaml.safe_load(DEPLOYMENT_CONFIG.read_text())
@@ -47,15 +40,10 @@ def test_init_writes_an_embedded_home_with_the_same_queue(tmp_path):
     assert (home / "data").is_dir()
 
 
-def test_init_with_postgres_keeps_everything_in_that_database(tmp_path, postgres_url):
+def test_init_with_postgres_keeps_everything_in_that_database(tmp_path, postgres_url, monkeypatch):
     home = tmp_path / "home"
-    result = subprocess.run(
-        [CLI, "init", "--postgres", postgres_url],
-        env={**os.environ, "DAGSTER_HOME": str(home)},
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    result = cli("init", "--postgres", postgres_url)
     assert result.returncode == 0, result.stderr
     assert (
         instance_config(home, postgres_url)["storage"]

@@ -2,17 +2,13 @@
 
 import itertools
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 from detection_pipeline import run_tags
 from detection_pipeline.datasets.recall import recall
 
+from .conftest import cli
 from .test_jobs import MIN_RECALL
-
-CLI = str(Path(sys.executable).parent / "detection-pipeline")
 
 
 def assert_one_at_a_time(spans: list) -> None:
@@ -55,23 +51,8 @@ def test_a_failing_run_does_not_stop_the_queue(queue, datasets):
 
 
 def test_cli_submits_waits_and_prints_the_record(queue, datasets):
-    result = subprocess.run(
-        [
-            CLI,
-            "detect",
-            "--images",
-            str(datasets / "unseen" / "images"),
-            "--model",
-            "tiny",
-            "--wait",
-            "--json",
-        ],
-        env=os.environ,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    images = str(datasets / "unseen" / "images")
+    result = cli("detect", "--images", images, "--model", "tiny", "--wait", "--json")
     assert result.returncode == 0, result.stderr
     record = json.loads(result.stdout)
     assert {"id", "kind", "status", "dagster_run_id", "output_dir", "error"} <= set(record)
@@ -79,35 +60,9 @@ def test_cli_submits_waits_and_prints_the_record(queue, datasets):
     detections = Path(record["output_dir"]) / "detections.json"
     assert recall(detections, datasets / "unseen" / "annotations.json") >= MIN_RECALL
 
-    listed = subprocess.run(
-        [CLI, "runs", "--json"], env=os.environ, capture_output=True, text=True, check=True
-    )
-    assert [r["id"] for r in json.loads(listed.stdout)] == [record["id"]]
-    shown = subprocess.run(
-        [CLI, "show", str(record["id"])],
-        env=os.environ,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    assert f"run {record['id']} (detection" in shown.stdout and "success" in shown.stdout
+    assert [r["id"] for r in json.loads(cli("runs", "--json").stdout)] == [record["id"]]
+    shown = cli("show", str(record["id"])).stdout
+    assert f"run {record['id']} (detection" in shown and "success" in shown
 
-    failed = subprocess.run(
-        [
-            CLI,
-            "detect",
-            "--images",
-            str(datasets / "unseen" / "images"),
-            "--model",
-            "tiny",
-            "--device",
-            "cuda:0",
-            "--wait",
-        ],
-        env=os.environ,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    failed = cli("detect", "--images", images, "--model", "tiny", "--device", "cuda:0", "--wait")
     assert failed.returncode == 1 and "error: MMDetection infer failed" in failed.stdout

@@ -6,7 +6,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,9 +17,7 @@ from detection_pipeline.records import RecordNotFound
 from detection_pipeline.records.schema import utcnow
 from detection_pipeline.records.service import TERMINATED
 
-from .conftest import alive, processes_in_group, wait_until
-
-CLI = str(Path(sys.executable).parent / "detection-pipeline")
+from .conftest import CLI, alive, processes_in_group, wait_until
 
 
 @pytest.fixture(scope="session")
