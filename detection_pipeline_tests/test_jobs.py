@@ -5,6 +5,7 @@ from pathlib import Path
 
 from dagster import instance_for_test
 
+from detection_pipeline import run_tags
 from detection_pipeline.datasets.recall import recall
 from detection_pipeline.definitions import build_resources, defs
 from detection_pipeline.jobs.detect import detect
@@ -54,6 +55,10 @@ def test_detection_finds_the_known_objects(trained_model, datasets):
         )
         assert result.success
         record = next(r for r in store.list_runs() if r.dagster_run_id == result.run_id)
+        # launched without a record (as from the UI): the run made its own and tagged itself
+        tags = instance.get_run_by_id(result.run_id).tags
+        assert tags[run_tags.RECORD_ID] == str(record.id)
+        assert tags[run_tags.QUEUE] == "detection"
     assert record.status == "success" and record.attempts == 1 and record.kind == "detection"
     run_dir = Path(record.output_dir)
     detections = json.loads((run_dir / "detections.json").read_text())
