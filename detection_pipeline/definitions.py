@@ -6,6 +6,7 @@ from .instance import dagster_home
 from .jobs.detect import detect
 from .jobs.train import train
 from .resources import MMDetRunner, RunFolders
+from .sensors.delayed import make_delayed_runs_sensor
 from .settings import Settings
 
 
@@ -22,4 +23,12 @@ def build_resources(settings: Settings) -> dict:
     }
 
 
-defs = Definitions(jobs=[detect, train], resources=build_resources(Settings.load(dagster_home())))
+def build_definitions(settings: Settings) -> Definitions:
+    return Definitions(
+        jobs=[detect, train],
+        sensors=[make_delayed_runs_sensor(settings)],
+        resources=build_resources(settings),
+    )
+
+
+defs = build_definitions(Settings.load(dagster_home()))

@@ -9,15 +9,16 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from dagster import DagsterRunStatus
+from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 
 from detection_pipeline.datasets.synthetic import make_dataset
 from detection_pipeline.errors import NotAllowed
 from detection_pipeline.records import RecordNotFound
 from detection_pipeline.records.schema import utcnow
-from detection_pipeline.records.service import TERMINATED
+from detection_pipeline.records.service import TERMINATED, RunService
+from detection_pipeline.sensors.delayed import TICK_SECONDS
 
-from .conftest import CLI, alive, processes_in_group, wait_until
+from .conftest import CLI, alive, make_home, processes_in_group, wait_until
 
 
 @pytest.fixture(scope="session")
@@ -52,17 +53,40 @@ def test_a_higher_priority_run_goes_before_earlier_lower_ones(queue, datasets, m
     assert queue.instance.get_run_by_id(high.dagster_run_id).tags["dagster/priority"] == "50"
 
 
-def test_a_delayed_run_waits_for_its_time(queue, datasets):
-    run_at = utcnow() + dt.timedelta(seconds=4)
+def test_the_sensor_queues_a_delayed_run_when_it_is_due_and_not_before(queue, datasets):
+    run_at = utcnow() + dt.timedelta(seconds=8)
     record = queue.submit("detection", detection(datasets / "unseen" / "images"), run_at=run_at)
     assert record.status == "waiting" and record.run_at == run_at and record.dagster_run_ids == []
-    assert queue.submit_due() == []  # not yet
-    assert queue.store.get_run(record.id).dagster_run_ids == []
-    wait_until(lambda: utcnow() >= run_at, timeout=10)
-    [queued] = queue.submit_due()
-    assert queue.submit_due() == []  # queued once
-    done = queue.wait(queued.id, timeout_seconds=300)
+    wait_until(lambda: utcnow() >= run_at - dt.timedelta(seconds=1), timeout=10)
+    assert queue.store.get_run(record.id).dagster_run_ids == []  # not before its time
+    done = queue.wait(record.id, timeout_seconds=300)
     assert done.status == "success" and done.started_at >= run_at
+    [dagster_run] = queue.instance.get_run_records(RunsFilter(run_ids=done.dagster_run_ids))
+    late = dagster_run.create_timestamp - run_at
+    assert late <= dt.timedelta(seconds=TICK_SECONDS + 5)  # within one tick (and the daemon's loop)
+
+
+def test_a_due_run_is_queued_once_in_priority_order(tmp_path, datasets, trained_model, monkeypatch):
+    model = trained_model[1]
+    settings = make_home(tmp_path / "home", input_roots=[datasets, Path(model.checkpoint).parent])
+    monkeypatch.setenv("DAGSTER_HOME", str(settings.home))
+    with DagsterInstance.get() as instance:  # no daemon: queued runs just wait in the queue
+        service = RunService(instance, settings)
+        fields = ("classes", "config", "checkpoint", "metrics")
+        service.store.register_model("tiny", **{f: getattr(model, f) for f in fields})
+        soon = utcnow() + dt.timedelta(seconds=2)
+        images = detection(datasets / "unseen" / "images")
+        low = service.submit("detection", images, run_at=soon, priority=1)
+        high = service.submit(
+            "detection", images, run_at=soon + dt.timedelta(seconds=1), priority=9
+        )
+        later = service.submit("detection", images, run_at=soon + dt.timedelta(hours=1))
+        assert service.submit_due() == []
+        queued = service.submit_due(soon + dt.timedelta(seconds=5))
+        assert [r.id for r in queued] == [high.id, low.id]
+        assert service.submit_due(soon + dt.timedelta(seconds=5)) == []  # queued once
+        assert [r.status for r in instance.get_runs()] == [DagsterRunStatus.QUEUED] * 2
+        assert service.store.get_run(later.id).dagster_run_ids == []
 
 
 def test_cancel_takes_waiting_runs_off_the_queue_and_refuses_processing_ones(
