@@ -9,7 +9,6 @@ from pathlib import Path
 
 from dagster import (
     Config,
-    Failure,
     MetadataValue,
     OpExecutionContext,
     Out,
@@ -20,13 +19,12 @@ from dagster import (
 from pydantic import Field
 
 from ..datasets.validation import find_images
-from ..errors import InputError
 from ..mmdet_runner.specs import COCO_RESULTS_FILE, DETECTIONS_FILE, DRAWN_DIR, InferSpec
 from ..models import ModelFiles, resolve_model
 from ..records import RecordStore, record_store
 from ..records.schema import Kind
 from ..resources import MMDetRunner, RunFolders
-from .record_lifecycle import cleanup, record_failure, start_record
+from .record_lifecycle import bad_input_fails_the_run, cleanup, record_failure, start_record
 
 
 class DetectConfig(Config):
@@ -90,10 +88,8 @@ def prepare_inputs(
     record = start_record(
         context, folders, Kind.DETECTION.value, config.model_dump(), config.model or None
     )
-    try:
+    with bad_input_fails_the_run():
         model, images = check_inputs(config, record_store(context.instance), folders.roots)
-    except InputError as error:
-        raise Failure(description=str(error), allow_retries=False) from error
     run_dir = folders.run_dir(record.id)
     spec = InferSpec(
         config=str(model.config),

@@ -1,8 +1,12 @@
 """How a run keeps its record current: processing when it starts, success or error when it ends."""
 
+import contextlib
+from collections.abc import Iterator
+
 from dagster import Failure, HookContext, OpExecutionContext, failure_hook, op
 
 from .. import run_tags
+from ..errors import InputError
 from ..records import record_store
 from ..records.schema import RunRecord
 from ..resources import RunFolders
@@ -34,6 +38,15 @@ def start_record(
             allow_retries=False,
         )
     return record
+
+
+@contextlib.contextmanager
+def bad_input_fails_the_run() -> Iterator[None]:
+    """Bad input fails the run with its message, and waiting will not make it better: no retry."""
+    try:
+        yield
+    except InputError as error:
+        raise Failure(description=str(error), allow_retries=False) from error
 
 
 @op

@@ -8,7 +8,6 @@ from pathlib import Path
 
 from dagster import (
     Config,
-    Failure,
     MetadataValue,
     OpExecutionContext,
     Out,
@@ -25,7 +24,7 @@ from ..mmdet_runner.specs import BEST_METRIC, CHECKPOINT_FILE, CONFIG_FILE, METR
 from ..records import record_store
 from ..records.schema import Kind
 from ..resources import MMDetRunner, RunFolders
-from .record_lifecycle import cleanup, record_failure, start_record
+from .record_lifecycle import bad_input_fails_the_run, cleanup, record_failure, start_record
 from .training_curve import draw_training_curve
 
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -103,12 +102,10 @@ def prepare_dataset(
 ) -> TrainingPlan:
     """Checks the COCO dataset and splits it into training and validation when it has no split."""
     record = start_record(context, folders, Kind.TRAINING.value, config.model_dump(), config.name)
-    try:
+    with bad_input_fails_the_run():
         images_dir, train, val, classes = _write_split(
             config, folders.staging_dir(record.id), folders.roots
         )
-    except InputError as error:
-        raise Failure(description=str(error), allow_retries=False) from error
     run_dir = folders.run_dir(record.id)
     spec = TrainSpec(
         work_dir=str(run_dir / "work"),
