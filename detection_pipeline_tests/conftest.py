@@ -140,9 +140,15 @@ def queue(request, tmp_path, datasets, trained_model, monkeypatch):
     ):
         assert daemon is not None  # ours, not one left over from elsewhere
         service = RunService(instance, settings)
-        fields = ("classes", "config", "checkpoint", "metrics")
-        service.store.register_model("tiny", **{field: getattr(model, field) for field in fields})
+        register_as(service.store, "tiny", model)
         yield service
+
+
+def register_as(store, name: str, model, **files):
+    """Registers `model` (the session's tiny one) under `name`, as a training run would; its
+    files unless others are given."""
+    files = {"config": model.config, "checkpoint": model.checkpoint, **files}
+    return store.register_model(name, classes=model.classes, metrics=model.metrics, **files)
 
 
 def wait_until(condition, timeout: float = 60, poll: float = 0.5):

@@ -16,7 +16,7 @@ from detection_pipeline.jobs.train import train
 from detection_pipeline.records import record_store
 from detection_pipeline.records.service import RunService
 
-from .conftest import make_home, train_config
+from .conftest import make_home, register_as, train_config
 
 
 @pytest.fixture
@@ -112,13 +112,7 @@ def test_bad_detection_input_is_refused_and_fails_the_run(world, trained_model, 
     model = trained_model[1]
     with instance_for_test(temp_dir=str(settings.home)) as instance:
         service = RunService(instance, settings)
-        service.store.register_model(
-            "tiny",
-            classes=model.classes,
-            config=model.config,
-            checkpoint=model.checkpoint,
-            metrics={},
-        )
+        register_as(service.store, "tiny", model)
         with pytest.raises(InputError, match=message):
             service.submit("detection", params)
         assert service.store.list_runs() == []  # a refused submission leaves no record

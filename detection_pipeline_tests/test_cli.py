@@ -7,7 +7,7 @@ from dagster import DagsterInstance
 
 from detection_pipeline.records import record_store
 
-from .conftest import cli, make_home
+from .conftest import cli, make_home, register_as
 
 
 def test_a_delayed_run_can_be_listed_cancelled_and_deleted(
@@ -21,8 +21,7 @@ def test_a_delayed_run_can_be_listed_cancelled_and_deleted(
     assert submitted.returncode == 1 and "unknown model 'x'" in submitted.stderr
     # register the session's model under a name, as a training run would
     with DagsterInstance.from_config(str(home)) as instance:
-        fields = ("classes", "config", "checkpoint", "metrics")
-        record_store(instance).register_model("m", **{f: getattr(model, f) for f in fields})
+        register_as(record_store(instance), "m", model)
 
     submitted = cli("detect", "--images", images, "--model", "m", "--delay", "3600", "--json")
     record = json.loads(submitted.stdout)

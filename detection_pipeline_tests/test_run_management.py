@@ -18,7 +18,7 @@ from detection_pipeline.records.schema import utcnow
 from detection_pipeline.records.service import TERMINATED, RunService
 from detection_pipeline.sensors.delayed import TICK_SECONDS
 
-from .conftest import CLI, alive, make_home, processes_in_group, wait_until
+from .conftest import CLI, alive, make_home, processes_in_group, register_as, wait_until
 
 
 @pytest.fixture(scope="session")
@@ -72,8 +72,7 @@ def test_a_due_run_is_queued_once_in_priority_order(tmp_path, datasets, trained_
     monkeypatch.setenv("DAGSTER_HOME", str(settings.home))
     with DagsterInstance.get() as instance:  # no daemon: queued runs just wait in the queue
         service = RunService(instance, settings)
-        fields = ("classes", "config", "checkpoint", "metrics")
-        service.store.register_model("tiny", **{f: getattr(model, f) for f in fields})
+        register_as(service.store, "tiny", model)
         soon = utcnow() + dt.timedelta(seconds=2)
         images = detection(datasets / "unseen" / "images")
         low = service.submit("detection", images, run_at=soon, priority=1)
@@ -191,7 +190,7 @@ def test_a_model_in_use_cannot_be_deleted(queue, trained_model, many_images):
     folder = queue.settings.models_dir / "mine" / "run-0"
     folder.mkdir(parents=True)
     files = {name: shutil.copy(getattr(tiny, name), folder) for name in ("config", "checkpoint")}
-    queue.store.register_model("mine", classes=tiny.classes, metrics={}, **files)
+    register_as(queue.store, "mine", tiny, **files)
     blocker = start_blocker(queue, many_images, model="mine")
     with pytest.raises(
         NotAllowed, match=rf"used by waiting or processing detection runs \[{blocker.id}\]"

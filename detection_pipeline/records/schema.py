@@ -53,6 +53,11 @@ class Status(str, enum.Enum):
     CANCELLED = "cancelled"
 
 
+# A record in one of these can still change; one in the other has ended.
+ACTIVE_STATUSES = frozenset({Status.WAITING.value, Status.PROCESSING.value})
+FINAL_STATUSES = frozenset({Status.SUCCESS.value, Status.ERROR.value, Status.CANCELLED.value})
+
+
 class RunRecord(Base):
     """One detection or training run as a user sees it, across all its Dagster attempts."""
 

@@ -21,15 +21,13 @@ from ..jobs.train import TrainConfig, check_dataset
 from ..settings import QUEUE_OF_KIND, Settings
 from . import record_store
 from .files import remove_model_folder, remove_run_folder
-from .schema import Kind, RunRecord, Status, utcnow
+from .schema import ACTIVE_STATUSES, FINAL_STATUSES, Kind, RunRecord, Status, utcnow
 
 # kind -> (job name, the op that takes the run's config, its config class)
 JOBS = {
     Kind.DETECTION.value: ("detect", "prepare_inputs", DetectConfig),
     Kind.TRAINING.value: ("train", "prepare_dataset", TrainConfig),
 }
-FINAL_STATUSES = {Status.SUCCESS.value, Status.ERROR.value, Status.CANCELLED.value}
-ACTIVE_STATUSES = {Status.WAITING.value, Status.PROCESSING.value}
 TERMINATED = "terminated by user"
 
 

@@ -1,13 +1,14 @@
 """Reading and changing run records and registered models. Plain SQLAlchemy, no Dagster."""
 
 import datetime as dt
+from collections.abc import Collection
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from .database import engine_for
-from .schema import RegisteredModel, RunRecord, Status, utcnow
+from .schema import ACTIVE_STATUSES, RegisteredModel, RunRecord, Status, utcnow
 
 
 class RecordNotFound(LookupError):
@@ -99,7 +100,9 @@ class RecordStore:
                 record.dagster_run_ids = [*record.dagster_run_ids, dagster_run_id]
         return record
 
-    def transition(self, record_id: int, allowed_from: set[str], **values) -> RunRecord | None:
+    def transition(
+        self, record_id: int, allowed_from: Collection[str], **values
+    ) -> RunRecord | None:
         """Updates the record only while its status is one of `allowed_from`, in one statement,
         so two writers (a run and a user, say) cannot both win. Returns None if it was not."""
         with self._session() as session:
@@ -128,7 +131,7 @@ class RecordStore:
         status = Status.ERROR if error else Status.SUCCESS
         return self.transition(
             record_id,
-            {Status.WAITING.value, Status.PROCESSING.value},
+            ACTIVE_STATUSES,
             status=status.value,
             finished_at=utcnow(),
             error=error,
