@@ -1,7 +1,6 @@
 """detection-pipeline: set up a Dagster home, start it, submit and follow runs."""
 
 import contextlib
-import dataclasses
 import datetime as dt
 import json
 import shutil
@@ -26,9 +25,16 @@ from .instance import dagster_home, use_home, write_instance_config
 from .records import RecordNotFound
 from .records.schema import Kind, RunRecord, Status, utcnow
 from .records.service import RunService
-from .settings import Settings
+from .settings import Settings, SettingsError
 
 DEFAULT_PORT = 3000
+
+
+def _load_settings(home: Path) -> Settings:
+    try:
+        return Settings.load(home)
+    except SettingsError as error:
+        raise click.ClickException(str(error)) from error
 
 
 def _settings() -> Settings:
@@ -36,7 +42,7 @@ def _settings() -> Settings:
     home = use_home(dagster_home())
     if not (home / "dagster.yaml").exists():
         write_instance_config(home)
-    settings = Settings.load(home)
+    settings = _load_settings(home)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     return settings
 
@@ -50,6 +56,23 @@ def _service() -> Iterator[RunService]:
         yield RunService(instance, settings)
 
 
+def _when(moment: dt.datetime) -> str:
+    return f"{moment.astimezone():%Y-%m-%d %H:%M:%S}"
+
+
+def _next_step(record: RunRecord) -> str:
+    """What happens next to a run, or why nothing will."""
+    if record.status == Status.WAITING.value and record.run_at:
+        if record.attempts:
+            return f"attempt {record.attempts + 1} no sooner than {_when(record.run_at)}"
+        return f"starts no sooner than {_when(record.run_at)}"
+    if record.retry_pending:
+        return "failed; the retry sensor decides on a retry within seconds"
+    if record.not_retried:
+        return f"not retried: {record.not_retried}"
+    return ""
+
+
 def _print_record(record: RunRecord, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(record.to_dict(), indent=2))
@@ -57,12 +80,14 @@ def _print_record(record: RunRecord, as_json: bool) -> None:
     click.echo(
         f"run {record.id} ({record.kind}, queue {record.queue}, priority {record.priority}): {record.status}"
     )
-    if record.run_at and record.status == Status.WAITING.value:
-        click.echo(f"  starts no sooner than: {record.run_at.astimezone():%Y-%m-%d %H:%M:%S %Z}")
-    click.echo(f"  dagster run: {record.dagster_run_id}")
+    click.echo(f"  attempts: {record.attempts}")
+    click.echo(f"  dagster runs: {', '.join(record.dagster_run_ids) or '(none yet)'}")
     click.echo(f"  output folder: {record.output_dir or '(made when the run starts)'}")
     if record.error:
-        click.echo(f"  error: {record.error}")
+        label = "error" if record.status == Status.ERROR.value else "last attempt's error"
+        click.echo(f"  {label}: {record.error}")
+    if next_step := _next_step(record):
+        click.echo(f"  next: {next_step}")
 
 
 @contextlib.contextmanager
@@ -168,15 +193,15 @@ def init(postgres_url, input_roots, python_executable, timeout_seconds):
     """Write DAGSTER_HOME/dagster.yaml (SQLite by default) and detection_pipeline.yaml."""
     home = use_home(dagster_home())
     config = write_instance_config(home, postgres_url)
-    settings = Settings.load(home)
+    settings = _load_settings(home)
     changes = {
         "input_roots": tuple(Path(root) for root in input_roots),
         "python_executable": python_executable,
         "timeout_seconds": timeout_seconds,
     }
-    settings = dataclasses.replace(settings, **{k: v for k, v in changes.items() if v})
+    settings = settings.model_copy(update={k: v for k, v in changes.items() if v})
     settings_file = settings.save()
-    settings = Settings.load(home)
+    settings = _load_settings(home)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     with _service():  # creates or migrates the records tables
         pass
@@ -277,10 +302,8 @@ def runs(status, queue, as_json):
         f"{'id':>5}  {'kind':<9} {'status':<10} {'queue':<10} {'model':<16} {'created':<19}  note"
     )
     for r in records:
-        note = (
-            f"starts at {r.run_at.astimezone():%Y-%m-%d %H:%M:%S}" if r.run_at else (r.error or "")
-        )
-        created = f"{r.created_at.astimezone():%Y-%m-%d %H:%M:%S}"
+        note = _next_step(r) if r.status == Status.WAITING.value else (r.error or "")
+        created = _when(r.created_at)
         click.echo(
             f"{r.id:>5}  {r.kind:<9} {r.status:<10} {r.queue:<10} {(r.model or ''):<16} {created}  {note[:70]}"
         )

@@ -7,6 +7,8 @@ from .jobs.detect import detect
 from .jobs.train import train
 from .resources import MMDetRunner, RunFolders
 from .sensors.delayed import make_delayed_runs_sensor
+from .sensors.reconcile import make_reconcile_sensor
+from .sensors.retry import make_retry_sensor
 from .settings import Settings
 
 
@@ -26,7 +28,11 @@ def build_resources(settings: Settings) -> dict:
 def build_definitions(settings: Settings) -> Definitions:
     return Definitions(
         jobs=[detect, train],
-        sensors=[make_delayed_runs_sensor(settings)],
+        sensors=[
+            make_reconcile_sensor(settings),
+            make_retry_sensor(settings),
+            make_delayed_runs_sensor(settings),
+        ],
         resources=build_resources(settings),
     )
 

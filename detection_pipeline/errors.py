@@ -8,3 +8,8 @@ class InputError(ValueError):
 class NotAllowed(Exception):
     """An operation the run (or model) does not allow in its current state; the message says
     what to do instead."""
+
+
+def validation_problems(error) -> str:
+    """A pydantic ValidationError as one line: `field.path: message; ...`."""
+    return "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())

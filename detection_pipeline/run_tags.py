@@ -3,3 +3,5 @@
 RECORD_ID = "detection_pipeline/record_id"
 QUEUE = "detection_pipeline/queue"
 PRIORITY = "dagster/priority"  # Dagster's own: the queue launches higher values first
+# The process running the run: host, pid and start time, for the run launcher's health check.
+RUN_WORKER = "detection_pipeline/run_worker"

@@ -1,25 +1,80 @@
 """This product's own settings for one Dagster home: DAGSTER_HOME/detection_pipeline.yaml.
 
 The CLI, the daemon and every run worker read the same file, so they agree on where inputs may
-come from, where run folders and models live, and how MMDetection is started.
+come from, where run folders and models live, how MMDetection is started, how each queue
+retries, and what runs on a schedule or from the image inbox.
 """
 
-import dataclasses
 import sys
 from pathlib import Path
+from typing import Literal
 
+import pydantic
 import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+from .errors import validation_problems
 
 SETTINGS_FILE = "detection_pipeline.yaml"
-
-# Queue name -> priority (Dagster's dagster/priority: higher runs first). Detection is short
-# and interactive, so it goes before training, as in the system this product replaces.
-DEFAULT_QUEUES = {"detection": 10, "default": 0}
 QUEUE_OF_KIND = {"detection": "detection", "training": "default"}
 
 
-@dataclasses.dataclass(frozen=True)
-class Settings:
+class SettingsError(ValueError):
+    pass
+
+
+class _Section(BaseModel):
+    # A misspelt key is an error, not a setting silently ignored.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RetryPolicy(_Section):
+    """How a queue retries a failed run: after base * factor^(n-1) seconds for attempt n."""
+
+    # Attempts in all, the first included: 3 means up to two retries.
+    attempts: int = Field(3, ge=1)
+    # 120 s doubling gives the 2^n minutes of the system this product replaces.
+    delay_seconds: float = Field(120, ge=0)
+    backoff_factor: float = Field(2, ge=1)
+    # What happens to a run that failed its last attempt: kept as an error, or deleted.
+    when_exhausted: Literal["fail", "delete"] = "fail"
+
+    def delay_after(self, attempt: int) -> float:
+        """Seconds to wait after failed attempt `attempt` (1-based) before the next one."""
+        return self.delay_seconds * self.backoff_factor ** (attempt - 1)
+
+
+class QueueSettings(_Section):
+    # Dagster's dagster/priority: higher runs first.
+    priority: int = 0
+    retry: RetryPolicy = RetryPolicy()
+
+
+# Detection is short and interactive, so it goes before training, as in the system this product
+# replaces.
+DEFAULT_QUEUES = {"detection": QueueSettings(priority=10), "default": QueueSettings(priority=0)}
+
+
+class ScheduleSettings(_Section):
+    """A recurring run: `params` are what `detect` or `train` take (images/model, dataset/name)."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_]+$")
+    kind: Literal["detection", "training"]
+    cron: str
+    params: dict
+    timezone: str = "UTC"
+
+
+class InboxSettings(_Section):
+    """A folder whose new images become detection runs with `model`."""
+
+    folder: Path
+    model: str
+    # Images per detection run; more new images than this make several runs.
+    max_images_per_run: int = Field(200, ge=1)
+
+
+class Settings(_Section):
     home: Path
     # Runs may read images and datasets only below these folders (HOME/data always included).
     input_roots: tuple[Path, ...] = ()
@@ -27,7 +82,9 @@ class Settings:
     python_executable: str = sys.executable
     # A run's MMDetection work is killed after this long.
     timeout_seconds: int = 6 * 3600
-    queues: dict = dataclasses.field(default_factory=lambda: dict(DEFAULT_QUEUES))
+    queues: dict[str, QueueSettings] = Field(default_factory=lambda: dict(DEFAULT_QUEUES))
+    schedules: tuple[ScheduleSettings, ...] = ()
+    inbox: InboxSettings | None = None
 
     @property
     def data_dir(self) -> Path:
@@ -44,19 +101,19 @@ class Settings:
     @classmethod
     def load(cls, home: Path) -> "Settings":
         path = Path(home) / SETTINGS_FILE
-        values = yaml.safe_load(path.read_text()) if path.exists() else {}
-        settings = cls(home=Path(home), **{k: v for k, v in (values or {}).items()})
+        values = (yaml.safe_load(path.read_text()) if path.exists() else None) or {}
+        try:
+            settings = cls(**{**values, "home": Path(home)})
+        except pydantic.ValidationError as error:
+            raise SettingsError(
+                f"{path} is not valid: {validation_problems(error)}; fix the file"
+            ) from error
         roots = (settings.data_dir, *settings.input_roots)
         resolved = tuple(dict.fromkeys(Path(root).expanduser().resolve() for root in roots))
-        return dataclasses.replace(settings, input_roots=resolved)
+        return settings.model_copy(update={"input_roots": resolved})
 
     def save(self) -> Path:
         path = self.home / SETTINGS_FILE
-        values = {
-            "input_roots": [str(root) for root in self.input_roots],
-            "python_executable": self.python_executable,
-            "timeout_seconds": self.timeout_seconds,
-            "queues": dict(self.queues),
-        }
+        values = self.model_dump(mode="json", exclude={"home"}, exclude_none=True)
         path.write_text(yaml.safe_dump(values, sort_keys=False))
         return path

@@ -1,5 +1,6 @@
 """Fixtures: Dagster homes on SQLite and PostgreSQL, tiny datasets, a tiny model trained once."""
 
+import contextlib
 import os
 import stat
 import subprocess
@@ -19,7 +20,7 @@ from detection_pipeline.instance import write_instance_config
 from detection_pipeline.jobs.train import train
 from detection_pipeline.records import record_store
 from detection_pipeline.records.service import RunService
-from detection_pipeline.settings import Settings
+from detection_pipeline.settings import QueueSettings, RetryPolicy, Settings
 
 POSTGRES_ADMIN_URL = os.environ.get(
     "DETECTION_PIPELINE_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -119,29 +120,54 @@ def python_wrapper(folder: Path) -> Path:
     return wrapper
 
 
+NO_RETRIES = {
+    name: QueueSettings(priority=priority, retry=RetryPolicy(attempts=1))
+    for name, priority in (("detection", 10), ("default", 0))
+}
+
+
 @pytest.fixture(params=["sqlite", "postgres"])
-def queue(request, tmp_path, datasets, trained_model, monkeypatch):
-    """A RunService on a home (SQLite or PostgreSQL) with its Dagster daemon running, the
-    session's tiny model registered as `tiny`, and that home in $DAGSTER_HOME. MMDetection
-    runs through `python_wrapper`."""
+def open_queue(request, tmp_path, datasets, trained_model, monkeypatch):
+    """Opens a RunService on a new home (SQLite or PostgreSQL) with its Dagster daemon running,
+    the session's tiny model registered as `tiny`, and that home in $DAGSTER_HOME. Settings
+    given override the home's; MMDetection runs through `python_wrapper` unless another
+    python_executable is given, and failed runs are not retried unless queues say so."""
     postgres_url = request.getfixturevalue("postgres_url") if request.param == "postgres" else None
     model = trained_model[1]
-    model_dir = Path(model.checkpoint).parent
-    settings = make_home(
-        tmp_path / "home",
-        postgres_url,
-        input_roots=[datasets, model_dir],
-        python_executable=str(python_wrapper(tmp_path)),
-    )
-    monkeypatch.setenv("DAGSTER_HOME", str(settings.home))
-    with (
-        DagsterInstance.get() as instance,
-        running_daemon(instance, settings.home / "daemon.log") as daemon,
-    ):
-        assert daemon is not None  # ours, not one left over from elsewhere
-        service = RunService(instance, settings)
-        register_as(service.store, "tiny", model)
-        yield service
+    with contextlib.ExitStack() as stack:
+
+        def open_(with_daemon: bool = True, **settings) -> RunService:
+            defaults = {"python_executable": str(python_wrapper(tmp_path)), "queues": NO_RETRIES}
+            settings = make_home(
+                tmp_path / "home",
+                postgres_url,
+                input_roots=[
+                    datasets,
+                    Path(model.checkpoint).parent,
+                    *settings.pop("input_roots", ()),
+                ],
+                **{**defaults, **settings},
+            )
+            monkeypatch.setenv("DAGSTER_HOME", str(settings.home))
+            instance = stack.enter_context(DagsterInstance.get())
+            if with_daemon:
+                daemon = stack.enter_context(running_daemon(instance, daemon_log(settings)))
+                assert daemon is not None  # ours, not one left over from elsewhere
+            service = RunService(instance, settings)
+            register_as(service.store, "tiny", model)
+            return service
+
+        yield open_
+
+
+@pytest.fixture
+def queue(open_queue) -> RunService:
+    """A RunService on a home with its daemon running: see `open_queue`."""
+    return open_queue()
+
+
+def daemon_log(settings: Settings) -> Path:
+    return settings.home / "daemon.log"
 
 
 def register_as(store, name: str, model, **files):
@@ -149,6 +175,27 @@ def register_as(store, name: str, model, **files):
     files unless others are given."""
     files = {"config": model.config, "checkpoint": model.checkpoint, **files}
     return store.register_model(name, classes=model.classes, metrics=model.metrics, **files)
+
+
+def flaky_python(folder: Path, failures: int) -> Path:
+    """An interpreter that fails its first `failures` calls (as a broken MMDetection would),
+    then is this Python."""
+    calls = folder / "python-calls"
+    wrapper = folder / "flaky-python"
+    wrapper.write_text(
+        f"#!/bin/sh\nn=$(cat {calls} 2>/dev/null || echo 0)\necho $((n + 1)) > {calls}\n"
+        f'if [ "$n" -lt {failures} ]; then echo "deliberate failure $((n + 1))" >&2; exit 3; fi\n'
+        f'exec {sys.executable} "$@"\n'
+    )
+    wrapper.chmod(wrapper.stat().st_mode | stat.S_IEXEC)
+    return wrapper
+
+
+@pytest.fixture(scope="session")
+def many_images(datasets) -> Path:
+    """Enough images that detecting on them keeps the queue busy for a while."""
+    make_dataset(datasets / "many", images=600, seed=2)
+    return datasets / "many" / "images"
 
 
 def wait_until(condition, timeout: float = 60, poll: float = 0.5):

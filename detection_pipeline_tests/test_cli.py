@@ -29,7 +29,7 @@ def test_a_delayed_run_can_be_listed_cancelled_and_deleted(
     assert "no Dagster daemon is running" in submitted.stderr
 
     listed = cli("runs", "--status", "waiting")
-    assert "starts at" in listed.stdout
+    assert "starts no sooner than" in listed.stdout
     refused = cli("terminate", str(record["id"]))
     assert refused.returncode == 1
     assert f"`detection-pipeline cancel {record['id']}` takes it off the queue" in refused.stderr

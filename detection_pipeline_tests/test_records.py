@@ -32,11 +32,12 @@ def test_a_record_goes_from_waiting_to_success_or_error(database_url):
     assert processing.status == "processing" and processing.attempts == 1 and processing.started_at
     store.mark_finished(good.id)
     store.mark_processing(bad.id, "run-2")
-    store.mark_finished(bad.id, error="it broke")
+    store.mark_failed(bad.id, "it broke")
 
     done, failed = store.get_run(good.id), store.get_run(bad.id)
     assert (done.status, done.error, done.dagster_run_id) == ("success", None, "run-1")
-    assert (failed.status, failed.error) == ("error", "it broke")
+    assert (failed.status, failed.error, failed.retry_pending) == ("error", "it broke", True)
+    assert [r.id for r in store.retry_pending_runs()] == [bad.id]
     assert done.finished_at >= done.started_at >= done.created_at
     assert [r.id for r in store.list_runs(status="error")] == [bad.id]
     assert [r.id for r in store.list_runs(queue="detection")] == [good.id]

@@ -11,21 +11,13 @@ from pathlib import Path
 import pytest
 from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 
-from detection_pipeline.datasets.synthetic import make_dataset
 from detection_pipeline.errors import NotAllowed
 from detection_pipeline.records import RecordNotFound
 from detection_pipeline.records.schema import utcnow
 from detection_pipeline.records.service import TERMINATED, RunService
-from detection_pipeline.sensors.delayed import TICK_SECONDS
+from detection_pipeline.sensors.service_sensor import TICK_SECONDS
 
 from .conftest import CLI, alive, make_home, processes_in_group, register_as, wait_until
-
-
-@pytest.fixture(scope="session")
-def many_images(datasets) -> Path:
-    """Enough images that detecting on them keeps the queue busy for a while."""
-    make_dataset(datasets / "many", images=600, seed=2)
-    return datasets / "many" / "images"
 
 
 def detection(images, **extra) -> dict:

@@ -5,31 +5,28 @@ from collections.abc import Iterator
 
 from dagster import Failure, HookContext, OpExecutionContext, failure_hook, op
 
-from .. import run_tags
+from .. import run_tags, run_worker
 from ..errors import InputError
 from ..records import record_store
+from ..records.adoption import adopt_run
 from ..records.schema import RunRecord
 from ..resources import RunFolders
-from ..settings import QUEUE_OF_KIND
 
 
 def start_record(
     context: OpExecutionContext, folders: RunFolders, kind: str, params: dict, model: str | None
 ) -> RunRecord:
     """Marks the run's record processing, first creating it for a run launched without one
-    (from the Dagster UI or GraphQL), so every run has a record whichever way it came."""
+    (from the Dagster UI or GraphQL), so every run has a record whichever way it came. Tags the
+    run with this process, for the run launcher's health check."""
+    context.instance.add_run_tags(
+        context.run_id, {run_tags.RUN_WORKER: run_worker.this_process(context.run_id)}
+    )
     store = record_store(context.instance)
-    tags = context.run.tags
-    if run_tags.RECORD_ID in tags:
-        record_id = int(tags[run_tags.RECORD_ID])
+    if run_tags.RECORD_ID in context.run.tags:
+        record_id = int(context.run.tags[run_tags.RECORD_ID])
     else:
-        queue = tags.get(run_tags.QUEUE, QUEUE_OF_KIND[kind])
-        priority = int(tags.get(run_tags.PRIORITY, 0))  # what the queue launched it with
-        record, _ = store.create_run(kind, queue, priority, params, model)
-        record_id = record.id
-        context.instance.add_run_tags(
-            context.run_id, {run_tags.RECORD_ID: str(record_id), run_tags.QUEUE: queue}
-        )
+        record_id = adopt_run(context.instance, store, context.run, kind, params, model)
     store.update(record_id, output_dir=str(folders.run_dir(record_id)))
     record = store.mark_processing(record_id, context.run_id)
     if record is None:  # cancelled while the queue was launching it
@@ -56,10 +53,7 @@ def cleanup(context: OpExecutionContext, record_id: int, folders: RunFolders) ->
     record_store(context.instance).mark_finished(record_id)
 
 
-def _failure_message(error: BaseException | None) -> str:
-    if isinstance(error, Failure) and error.description:
-        return error.description
-    return f"{type(error).__name__}: {error}" if error else "the run failed"
+NOT_RETRIED_BAD_INPUT = "bad input does not get better by waiting"
 
 
 @failure_hook(required_resource_keys={"folders"})
@@ -70,6 +64,11 @@ def record_failure(context: HookContext) -> None:
     if record_id is None:  # failed before the record existed; the reconciliation sensor sees it
         return
     context.resources.folders.remove_staging(int(record_id))
-    record_store(context.instance).mark_finished(
-        int(record_id), error=_failure_message(context.op_exception)
-    )
+    error = context.op_exception
+    if isinstance(error, Failure):
+        message = error.description or "the run failed"
+        not_retried = None if error.allow_retries else NOT_RETRIED_BAD_INPUT
+    else:
+        message = f"{type(error).__name__}: {error}" if error else "the run failed"
+        not_retried = None
+    record_store(context.instance).mark_failed(int(record_id), message, not_retried)

@@ -7,7 +7,17 @@ own version table for the same reason.
 import datetime as dt
 import enum
 
-from sqlalchemy import JSON, DateTime, Integer, String, Text, TypeDecorator, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Integer,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+    false,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 # Where Alembic keeps the records' schema revision; Dagster's own migrations use `alembic_version`.
@@ -71,11 +81,19 @@ class RunRecord(Base):
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
     started_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     finished_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    # Not before this: a delayed run, or the next try of a failed one.
     run_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, index=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     dagster_run_ids: Mapped[list] = mapped_column(JSON, default=list)
     output_dir: Mapped[str | None] = mapped_column(Text)
+    # The last attempt's error; kept while a retry waits, so the user sees what went wrong.
     error: Mapped[str | None] = mapped_column(Text)
+    # Failed, and the retry sensor has yet to decide whether to try again.
+    retry_pending: Mapped[bool] = mapped_column(
+        Boolean, index=True, default=False, server_default=false()
+    )
+    # Why a failed run was not tried again (bad input, terminated, attempts used up).
+    not_retried: Mapped[str | None] = mapped_column(Text)
     # The model a detection run uses, or the model a training run registers.
     model: Mapped[str | None] = mapped_column(String(128))
     params: Mapped[dict] = mapped_column(JSON, default=dict)

@@ -11,15 +11,16 @@ import time
 from collections.abc import Iterator
 
 import pydantic
-from dagster import DagsterInstance, DagsterRun, DagsterRunStatus
+from dagster import DagsterEventType, DagsterInstance, DagsterRun, DagsterRunStatus, RunsFilter
 
 from .. import run_tags
 from ..dagster_services import DEFINITIONS_MODULE
-from ..errors import InputError, NotAllowed
+from ..errors import InputError, NotAllowed, validation_problems
 from ..jobs.detect import DetectConfig, check_inputs
 from ..jobs.train import TrainConfig, check_dataset
-from ..settings import QUEUE_OF_KIND, Settings
+from ..settings import QUEUE_OF_KIND, QueueSettings, Settings
 from . import record_store
+from .adoption import adopt_run
 from .files import remove_model_folder, remove_run_folder
 from .schema import ACTIVE_STATUSES, FINAL_STATUSES, Kind, RunRecord, Status, utcnow
 
@@ -29,6 +30,11 @@ JOBS = {
     Kind.TRAINING.value: ("train", "prepare_dataset", TrainConfig),
 }
 TERMINATED = "terminated by user"
+NOT_RETRIED_TERMINATED = "a user stopped it"
+NOT_RETRIED_RUN_GONE = "its Dagster run no longer exists"
+# A record is due this long after a submitter starts queueing it, so a submitter that dies
+# between making the record and queueing its Dagster run loses nothing: the run is queued later.
+QUEUEING_LEASE = dt.timedelta(minutes=5)
 
 
 @contextlib.contextmanager
@@ -50,10 +56,18 @@ def _code_location(instance: DagsterInstance) -> Iterator:
 
 
 def _queue_dagster_run(
-    instance: DagsterInstance, job_name: str, run_config: dict, tags: dict
+    instance: DagsterInstance,
+    job_name: str,
+    run_config: dict,
+    tags: dict,
+    parent_run: DagsterRun | None = None,
 ) -> str:
-    """Creates the Dagster run and puts it in the instance's queue; returns its run id."""
+    """Creates the Dagster run and puts it in the instance's queue; returns its run id.
+
+    With a parent run, the new run is its re-execution (all steps, the parent's config), so the
+    Dagster UI shows the attempts together."""
     from dagster._core.definitions.selector import JobSubsetSelector
+    from dagster._core.execution.plan.resume_retry import ReexecutionStrategy
 
     with _code_location(instance) as (workspace, location):
         repository = next(iter(location.get_repositories().values()))
@@ -65,29 +79,43 @@ def _queue_dagster_run(
                 op_selection=None,
             )
         )
-        plan = location.get_execution_plan(
-            remote_job, run_config, step_keys_to_execute=None, known_state=None, instance=instance
-        )
-        run = instance.create_run(
-            job_name=job_name,
-            run_id=None,
-            run_config=run_config,
-            resolved_op_selection=None,
-            step_keys_to_execute=None,
-            op_selection=None,
-            status=None,
-            root_run_id=None,
-            parent_run_id=None,
-            tags={**remote_job.tags, **tags},
-            job_snapshot=remote_job.job_snapshot,
-            execution_plan_snapshot=plan.execution_plan_snapshot,
-            parent_job_snapshot=remote_job.parent_job_snapshot,
-            remote_job_origin=remote_job.get_remote_origin(),
-            job_code_origin=remote_job.get_python_origin(),
-            asset_selection=None,
-            asset_check_selection=None,
-            asset_graph=repository.asset_graph,
-        )
+        if parent_run is not None:
+            run = instance.create_reexecuted_run(
+                request_context=workspace,
+                parent_run=parent_run,
+                code_location=location,
+                remote_job=remote_job,
+                strategy=ReexecutionStrategy.ALL_STEPS,
+                extra_tags=tags,
+            )
+        else:
+            plan = location.get_execution_plan(
+                remote_job,
+                run_config,
+                step_keys_to_execute=None,
+                known_state=None,
+                instance=instance,
+            )
+            run = instance.create_run(
+                job_name=job_name,
+                run_id=None,
+                run_config=run_config,
+                resolved_op_selection=None,
+                step_keys_to_execute=None,
+                op_selection=None,
+                status=None,
+                root_run_id=None,
+                parent_run_id=None,
+                tags={**remote_job.tags, **tags},
+                job_snapshot=remote_job.job_snapshot,
+                execution_plan_snapshot=plan.execution_plan_snapshot,
+                parent_job_snapshot=remote_job.parent_job_snapshot,
+                remote_job_origin=remote_job.get_remote_origin(),
+                job_code_origin=remote_job.get_python_origin(),
+                asset_selection=None,
+                asset_check_selection=None,
+                asset_graph=repository.asset_graph,
+            )
         instance.submit_run(run.run_id, workspace)
     return run.run_id
 
@@ -97,8 +125,22 @@ def _parse_config(kind: str, params: dict):
     try:
         return config_class(**params)
     except pydantic.ValidationError as error:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
-        raise InputError(f"invalid {kind} parameters: {problems}") from error
+        raise InputError(f"invalid {kind} parameters: {validation_problems(error)}") from error
+
+
+def _model_of(params: dict) -> str | None:
+    """The model a detection run uses, or the one a training run registers."""
+    return params.get("model") or params.get("name")
+
+
+def _has_current_run(record: RunRecord) -> bool:
+    """Whether the record is in Dagster's hands: not final, and not waiting for its time (a
+    delay, or the next try, whose Dagster run is yet to be made)."""
+    return (
+        record.status in ACTIVE_STATUSES
+        and record.run_at is None
+        and record.dagster_run_id is not None
+    )
 
 
 def _processing(record: RunRecord, run: DagsterRun | None) -> bool:
@@ -145,16 +187,16 @@ class RunService:
         queue = queue or QUEUE_OF_KIND[kind]
         if queue not in self.settings.queues:
             raise InputError(f"unknown queue {queue!r}; queues: {', '.join(self.settings.queues)}")
-        priority = self.settings.queues[queue] if priority is None else priority
-        delayed = run_at is not None and run_at > utcnow()
-        model = params.get("model") or params.get("name")
+        priority = self.settings.queues[queue].priority if priority is None else priority
+        now = utcnow()
+        delayed = run_at is not None and run_at > now
         record, created = self.store.create_run(
             kind,
             queue,
             priority,
             config.model_dump(),
-            model,
-            run_at=run_at if delayed else None,
+            _model_of(params),
+            run_at=run_at if delayed else now + QUEUEING_LEASE,
             key=key,
         )
         if not created or delayed:
@@ -162,29 +204,35 @@ class RunService:
         return self._enqueue(record)
 
     def _enqueue(self, record: RunRecord) -> RunRecord:
-        """Creates the record's Dagster run in the instance's queue."""
+        """Creates the record's Dagster run in the instance's queue: its first, or a
+        re-execution of its last attempt. A run that cannot be queued fails its record."""
         job_name, op_name, _ = JOBS[record.kind]
-        run_id = _queue_dagster_run(
-            self.instance,
-            job_name,
-            {"ops": {op_name: {"config": record.params}}},
-            {
-                run_tags.RECORD_ID: str(record.id),
-                run_tags.QUEUE: record.queue,
-                run_tags.PRIORITY: str(record.priority),
-            },
-        )
+        tags = {
+            run_tags.RECORD_ID: str(record.id),
+            run_tags.QUEUE: record.queue,
+            run_tags.PRIORITY: str(record.priority),
+        }
+        try:
+            run_id = _queue_dagster_run(
+                self.instance,
+                job_name,
+                {"ops": {op_name: {"config": record.params}}},
+                tags,
+                parent_run=self._dagster_run(record),
+            )
+        except Exception as error:
+            self.store.mark_failed(record.id, f"could not queue the run: {error}")
+            raise
         return self.store.add_attempt(record.id, run_id)
 
     def submit_due(self, now: dt.datetime | None = None) -> list[RunRecord]:
-        """Queues the delayed runs whose time has come, highest priority first."""
-        queued = []
-        for record in self.store.due_runs(now or utcnow()):
-            # Taking run_at away claims the record: a second caller finds nothing to queue.
-            claimed = self.store.transition(record.id, {Status.WAITING.value}, run_at=None)
-            if claimed and claimed.dagster_run_id is None:
-                queued.append(self._enqueue(claimed))
-        return queued
+        """Queues the delayed runs and retries whose time has come, highest priority first."""
+        now = now or utcnow()
+        return [
+            self._enqueue(claimed)
+            for record in self.store.due_runs(now)
+            if (claimed := self.store.claim_due(record.id, now, QUEUEING_LEASE))
+        ]
 
     def _dagster_run(self, record: RunRecord) -> DagsterRun | None:
         """The Dagster run of the record's latest attempt, if it has one."""
@@ -193,7 +241,7 @@ class RunService:
     def cancel(self, record_id: int) -> RunRecord:
         """Takes a waiting run off the queue (Dagster's, or the delayed runs')."""
         record = self.reconcile(self.store.get_run(record_id))
-        run = self._dagster_run(record)
+        run = self._dagster_run(record) if _has_current_run(record) else None
         if _processing(record, run):
             raise NotAllowed(
                 f"run {record_id} is already processing and cannot be cancelled; "
@@ -225,13 +273,7 @@ class RunService:
                 f"run {record_id} is {record.status}, not processing: nothing to terminate{hint}"
             )
         # First, so that the run's own failure report does not replace the reason.
-        self.store.transition(
-            record_id,
-            ACTIVE_STATUSES,
-            status=Status.ERROR.value,
-            finished_at=utcnow(),
-            error=TERMINATED,
-        )
+        self.store.mark_failed(record_id, TERMINATED, not_retried=NOT_RETRIED_TERMINATED)
         self.instance.run_coordinator.cancel_run(record.dagster_run_id)
         deadline = time.monotonic() + timeout_seconds
         while not self.instance.get_run_by_id(record.dagster_run_id).is_finished:
@@ -279,31 +321,108 @@ class RunService:
 
     def reconcile(self, record: RunRecord) -> RunRecord:
         """Brings a record that is not final in line with its ended (or vanished) Dagster run."""
-        if record.status in FINAL_STATUSES or record.dagster_run_id is None:
+        if not _has_current_run(record):
             return record
-        run = self.instance.get_run_by_id(record.dagster_run_id)
+        return self._reconcile_with(record, self._dagster_run(record)) or record
+
+    def _reconcile_with(self, record: RunRecord, run: DagsterRun | None) -> RunRecord | None:
+        """The record brought in line with its run; None when there was nothing to change."""
         if run is not None and not run.is_finished:
-            return record
+            return None
         if run is None:
-            self.store.mark_finished(record.id, error="run not found in Dagster")
-        elif run.status == DagsterRunStatus.SUCCESS:
-            self.store.mark_finished(record.id)
-        elif run.status == DagsterRunStatus.CANCELED:
-            self.store.transition(record.id, ACTIVE_STATUSES, status=Status.CANCELLED.value)
-        else:
-            self.store.mark_finished(
-                record.id, error=f"Dagster run {run.run_id} ended {run.status.value}"
+            return self.store.mark_failed(
+                record.id, "run not found in Dagster", not_retried=NOT_RETRIED_RUN_GONE
             )
-        return self.store.get_run(record.id)
+        if run.status == DagsterRunStatus.SUCCESS:
+            return self.store.mark_finished(record.id)
+        if run.status == DagsterRunStatus.CANCELED:
+            return self.store.transition(
+                record.id, ACTIVE_STATUSES, status=Status.CANCELLED.value, finished_at=utcnow()
+            )
+        return self.store.mark_failed(record.id, self._failure_reason(run))
+
+    def _failure_reason(self, run: DagsterRun) -> str:
+        """Dagster's message for the run's failure (run monitoring says why a worker died)."""
+        failures = self.instance.get_records_for_run(
+            run.run_id, of_type=DagsterEventType.RUN_FAILURE, ascending=False, limit=1
+        ).records
+        message = failures[0].event_log_entry.message if failures else None
+        return message or f"Dagster run {run.run_id} ended {run.status.value}"
+
+    def reconcile_active(self) -> list[RunRecord]:
+        """Brings every waiting or processing record in line with Dagster, and gives a record to
+        each queued run launched without one; returns the records changed or made.
+
+        Costs what the active records and queued runs cost, however many runs have ended."""
+        changed = [self.store.get_run(record_id) for record_id in self._adopt_queued_runs()]
+        records = list(filter(_has_current_run, self.store.active_runs()))
+        run_ids = [record.dagster_run_id for record in records]
+        # (An empty run_ids filter would match every run.)
+        found = self.instance.get_runs(RunsFilter(run_ids=run_ids)) if run_ids else []
+        runs = {run.run_id: run for run in found}
+        for record in records:
+            if updated := self._reconcile_with(record, runs.get(record.dagster_run_id)):
+                changed.append(updated)
+        return changed
+
+    def _adopt_queued_runs(self) -> list[int]:
+        kind_of_job = {job_name: kind for kind, (job_name, _, _) in JOBS.items()}
+        queued = self.instance.get_runs(
+            RunsFilter(statuses=[DagsterRunStatus.QUEUED], job_names=list(kind_of_job))
+        )
+        adopted = []
+        for run in queued:
+            if run_tags.RECORD_ID in run.tags:
+                continue
+            kind = kind_of_job[run.job_name]
+            _, op_name, _ = JOBS[kind]
+            params = run.run_config.get("ops", {}).get(op_name, {}).get("config", {})
+            adopted.append(
+                adopt_run(self.instance, self.store, run, kind, params, _model_of(params))
+            )
+        return adopted
+
+    def decide_retries(self) -> list[tuple[RunRecord, str]]:
+        """For each failed run the retry sensor has not seen: a retry after its queue's delay,
+        or the end (kept as an error, or deleted) when its attempts are used up. Returns each
+        record with what was decided."""
+        decided = []
+        for record in self.store.retry_pending_runs():
+            policy = self._queue_settings(record.queue).retry
+            if record.attempts < policy.attempts:
+                next_try = record.finished_at + dt.timedelta(
+                    seconds=policy.delay_after(record.attempts)
+                )
+                settled = self.store.settle_retry(
+                    record.id, status=Status.WAITING.value, run_at=next_try
+                )
+                decision = (
+                    f"attempt {record.attempts + 1} of {policy.attempts} at {next_try:%H:%M:%S} UTC"
+                )
+            else:
+                settled = self.store.settle_retry(
+                    record.id, not_retried=f"all {policy.attempts} attempts failed"
+                )
+                decision = f"all {policy.attempts} attempts failed"
+                if settled and policy.when_exhausted == "delete":
+                    self.delete(record.id)
+                    decision += "; deleted"
+            if settled:
+                decided.append((settled, decision))
+        return decided
+
+    def _queue_settings(self, queue: str) -> QueueSettings:
+        # A queue taken out of the settings keeps working with the defaults.
+        return self.settings.queues.get(queue, QueueSettings())
 
     def wait(
         self, record_id: int, timeout_seconds: float | None = None, poll_seconds: float = 1.0
     ) -> RunRecord:
-        """Blocks until the run ends; returns its final record."""
+        """Blocks until the run ends, retries included; returns its final record."""
         deadline = None if timeout_seconds is None else time.monotonic() + timeout_seconds
         while True:
             record = self.reconcile(self.store.get_run(record_id))
-            if record.status in FINAL_STATUSES:
+            if record.status in FINAL_STATUSES and not record.retry_pending:
                 return record
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(

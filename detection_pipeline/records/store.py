@@ -93,11 +93,13 @@ class RecordStore:
         return record
 
     def add_attempt(self, record_id: int, dagster_run_id: str) -> RunRecord:
-        """Links one more Dagster run (an attempt) to the record."""
+        """Links one more Dagster run (an attempt) to the record: the run is in Dagster's queue,
+        so the record no longer waits for a time of its own."""
         with self._session() as session:
             record = session.get(RunRecord, record_id, with_for_update=True)
             if dagster_run_id not in record.dagster_run_ids:
                 record.dagster_run_ids = [*record.dagster_run_ids, dagster_run_id]
+                record.run_at = None
         return record
 
     def transition(
@@ -105,11 +107,17 @@ class RecordStore:
     ) -> RunRecord | None:
         """Updates the record only while its status is one of `allowed_from`, in one statement,
         so two writers (a run and a user, say) cannot both win. Returns None if it was not."""
+        return self._update_if(record_id, RunRecord.status.in_(allowed_from), values)
+
+    def settle_retry(self, record_id: int, **values) -> RunRecord | None:
+        """Records the retry sensor's decision on a failed record, once; None if it was made."""
+        pending = sa.and_(RunRecord.retry_pending.is_(True), RunRecord.status == Status.ERROR.value)
+        return self._update_if(record_id, pending, {**values, "retry_pending": False})
+
+    def _update_if(self, record_id: int, condition, values: dict) -> RunRecord | None:
         with self._session() as session:
             changed = session.execute(
-                sa.update(RunRecord)
-                .where(RunRecord.id == record_id, RunRecord.status.in_(allowed_from))
-                .values(**values)
+                sa.update(RunRecord).where(RunRecord.id == record_id, condition).values(**values)
             ).rowcount
         return self.get_run(record_id) if changed else None
 
@@ -126,30 +134,63 @@ class RecordStore:
             attempts=RunRecord.attempts + 1,
         )
 
-    def mark_finished(self, record_id: int, error: str | None = None) -> RunRecord | None:
-        """Success, or error with its message; a record already final keeps what it has."""
-        status = Status.ERROR if error else Status.SUCCESS
+    def mark_finished(self, record_id: int) -> RunRecord | None:
+        """Success; a record already final keeps what it has."""
+        return self.transition(
+            record_id, ACTIVE_STATUSES, status=Status.SUCCESS.value, finished_at=utcnow()
+        )
+
+    def mark_failed(
+        self, record_id: int, error: str, not_retried: str | None = None
+    ) -> RunRecord | None:
+        """Error with its message, left to the retry sensor unless `not_retried` says why no
+        retry can help; a record already final keeps what it has."""
         return self.transition(
             record_id,
             ACTIVE_STATUSES,
-            status=status.value,
+            status=Status.ERROR.value,
             finished_at=utcnow(),
             error=error,
+            retry_pending=not_retried is None,
+            not_retried=not_retried,
+        )
+
+    def active_runs(self) -> list[RunRecord]:
+        """Waiting and processing records (an indexed query: finished records cost nothing)."""
+        return self._select(RunRecord.status.in_(ACTIVE_STATUSES))
+
+    def retry_pending_runs(self) -> list[RunRecord]:
+        """Failed records the retry sensor has not decided on yet."""
+        return self._select(RunRecord.retry_pending.is_(True))
+
+    def _select(self, condition) -> list[RunRecord]:
+        with self._session() as session:
+            return list(
+                session.scalars(sa.select(RunRecord).where(condition).order_by(RunRecord.id))
+            )
+
+    @staticmethod
+    def _due(now: dt.datetime):
+        return sa.and_(
+            RunRecord.status == Status.WAITING.value,
+            RunRecord.run_at.is_not(None),
+            RunRecord.run_at <= now,
         )
 
     def due_runs(self, now: dt.datetime) -> list[RunRecord]:
-        """Delayed records whose time has come, highest priority first."""
+        """Delayed records and retries whose time has come, highest priority first."""
         query = (
             sa.select(RunRecord)
-            .where(
-                RunRecord.status == Status.WAITING.value,
-                RunRecord.run_at.is_not(None),
-                RunRecord.run_at <= now,
-            )
+            .where(self._due(now))
             .order_by(RunRecord.priority.desc(), RunRecord.run_at, RunRecord.id)
         )
         with self._session() as session:
             return list(session.scalars(query))
+
+    def claim_due(self, record_id: int, now: dt.datetime, lease: dt.timedelta) -> RunRecord | None:
+        """Moves a due record's run_at on by `lease`, once: the caller that gets it back queues
+        it, and should that caller die first, the record is due again when the lease ends."""
+        return self._update_if(record_id, self._due(now), {"run_at": now + lease})
 
     def delete_run(self, record_id: int) -> None:
         with self._session() as session:

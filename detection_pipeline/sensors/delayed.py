@@ -1,29 +1,24 @@
-"""The delayed-run sensor: queues runs submitted with --delay or --at once their time comes."""
-
-from dagster import DefaultSensorStatus, SensorEvaluationContext, SkipReason, sensor
+"""The delayed-run sensor: queues runs submitted with --delay or --at, and retries, once their
+time comes."""
 
 from ..records.service import RunService
 from ..settings import Settings
+from .service_sensor import make_service_sensor
 
-TICK_SECONDS = 5
+
+def _queue_due_runs(service: RunService) -> list[str]:
+    return [
+        f"queued run {record.id} as Dagster run {record.dagster_run_id}"
+        for record in service.submit_due()
+    ]
 
 
 def make_delayed_runs_sensor(settings: Settings):
-    @sensor(
-        name="delayed_runs",
-        minimum_interval_seconds=TICK_SECONDS,
-        default_status=DefaultSensorStatus.RUNNING,
-        description="Queues runs submitted with --delay or --at when their time has come, "
+    return make_service_sensor(
+        settings,
+        "delayed_runs",
+        "Queues runs submitted with --delay or --at, and retries, when their time has come, "
         "highest priority first.",
+        _queue_due_runs,
+        "no delayed run or retry is due",
     )
-    def delayed_runs(context: SensorEvaluationContext) -> SkipReason:
-        queued = RunService(context.instance, settings).submit_due()
-        for record in queued:
-            context.log.info(
-                f"queued delayed run {record.id} as Dagster run {record.dagster_run_id}"
-            )
-        return SkipReason(
-            f"queued {len(queued)} delayed run(s)" if queued else "no delayed run is due"
-        )
-
-    return delayed_runs
