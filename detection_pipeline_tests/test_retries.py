@@ -68,14 +68,16 @@ def test_a_run_that_fails_twice_is_retried_with_backoff_and_succeeds(
     assert (second.parent_run_id, third.parent_run_id) == (first.run_id, second.run_id)
     assert third.root_run_id == first.run_id
 
-    # Each retry was queued after its delay (4 s, then 12 s) and within a sensor tick of it.
+    # Each retry was queued after its delay (4 s, then 12 s) and within a sensor tick of it, or,
+    # for a delay shorter than a tick, within a tick of the retry sensor seeing the failure.
     gaps = []
     for attempt, (failed, retried) in enumerate(itertools.pairwise(runs), start=1):
         failed_at = queue.instance.get_run_stats(failed.dagster_run.run_id).end_time
         gap = retried.create_timestamp.timestamp() - failed_at
         gaps.append(round(gap, 1))
         delay = retry.delay_after(attempt)
-        assert delay - 1 <= gap <= delay + TICK_SECONDS + DAEMON_SLACK_SECONDS, gaps
+        latest = max(delay, TICK_SECONDS) + TICK_SECONDS + DAEMON_SLACK_SECONDS
+        assert delay - 1 <= gap <= latest, gaps
     print(f"retry delays {[retry.delay_after(n) for n in (1, 2)]} s, measured {gaps} s")
 
 

@@ -21,7 +21,7 @@ from dagster import (
     open_pipes_session,
 )
 
-from ..mmdet_runner.specs import InferSpec, TrainSpec
+from ..mmdet_runner.specs import RUN_WORKER_PID_ENV, InferSpec, TrainSpec
 from ..process_group import kill_process_group
 
 LOG_FLUSH_SECONDS = 1.0
@@ -84,7 +84,12 @@ def run_mmdetection_child(
             process = subprocess.Popen(
                 command,
                 cwd=run_dir,
-                env={**os.environ, **session.get_bootstrap_env_vars(), "PYTHONUNBUFFERED": "1"},
+                env={
+                    **os.environ,
+                    **session.get_bootstrap_env_vars(),
+                    "PYTHONUNBUFFERED": "1",
+                    RUN_WORKER_PID_ENV: str(os.getpid()),
+                },
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
                 text=True,

@@ -34,6 +34,7 @@ def start_record(
             description=f"run {record_id} is {store.get_run(record_id).status}, not waiting: not started",
             allow_retries=False,
         )
+    folders.remove_staging(record_id)  # left behind by an earlier attempt whose worker died
     return record
 
 

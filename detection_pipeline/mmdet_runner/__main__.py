@@ -15,7 +15,7 @@ import time
 
 from dagster_pipes import PipesEnvVarParamsLoader, open_dagster_pipes
 
-from .specs import SPEC_TYPES, read_spec
+from .specs import RUN_WORKER_PID_ENV, SPEC_TYPES, read_spec
 
 
 def _use_device(device: str) -> str:
@@ -31,8 +31,11 @@ def _use_device(device: str) -> str:
 
 
 def _die_with_parent(poll_seconds: float = 1.0) -> None:
-    """Kills this process group when the run worker dies, even by SIGKILL, so no work is orphaned."""
-    parent = os.getppid()
+    """Kills this process group when the run worker dies, even by SIGKILL, so no work is orphaned.
+
+    The run worker names itself: one that died while this process was starting is already
+    gone from `getppid()`."""
+    parent = int(os.environ.get(RUN_WORKER_PID_ENV, os.getppid()))
 
     def watch() -> None:
         while os.getppid() == parent:

@@ -20,6 +20,8 @@ CHECKPOINT_FILE = "best.pth"
 DETECTIONS_FILE = "detections.json"
 COCO_RESULTS_FILE = "detections_coco.json"
 DRAWN_DIR = "vis"  # where DetInferencer draws
+# The run worker's pid, which the child dies with.
+RUN_WORKER_PID_ENV = "DETECTION_PIPELINE_RUN_WORKER_PID"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -32,6 +32,8 @@ JOBS = {
 TERMINATED = "terminated by user"
 NOT_RETRIED_TERMINATED = "a user stopped it"
 NOT_RETRIED_RUN_GONE = "its Dagster run no longer exists"
+# The message Dagster fails a run with when it has nothing better to say.
+FAILED_FROM_OUTSIDE = "This run has been marked as failed from outside the execution context."
 # A record is due this long after a submitter starts queueing it, so a submitter that dies
 # between making the record and queueing its Dagster run loses nothing: the run is queued later.
 QUEUEING_LEASE = dt.timedelta(minutes=5)
@@ -342,12 +344,22 @@ class RunService:
         return self.store.mark_failed(record.id, self._failure_reason(run))
 
     def _failure_reason(self, run: DagsterRun) -> str:
-        """Dagster's message for the run's failure (run monitoring says why a worker died)."""
-        failures = self.instance.get_records_for_run(
-            run.run_id, of_type=DagsterEventType.RUN_FAILURE, ascending=False, limit=1
+        """Dagster's message for the run's failure. When the code server finds a run worker
+        dead, it fails the run with a generic message and says how the worker died in the
+        engine event just before."""
+        last_two = self.instance.get_records_for_run(
+            run.run_id,
+            of_type={DagsterEventType.RUN_FAILURE, DagsterEventType.ENGINE_EVENT},
+            ascending=False,
+            limit=2,
         ).records
-        message = failures[0].event_log_entry.message if failures else None
-        return message or f"Dagster run {run.run_id} ended {run.status.value}"
+        entries = [record.event_log_entry for record in last_two]
+        if not entries or entries[0].dagster_event_type != DagsterEventType.RUN_FAILURE:
+            return f"Dagster run {run.run_id} ended {run.status.value}"
+        failure = entries[0].message
+        if failure != FAILED_FROM_OUTSIDE or len(entries) < 2:
+            return failure
+        return f"run worker died: {entries[1].message}"
 
     def reconcile_active(self) -> list[RunRecord]:
         """Brings every waiting or processing record in line with Dagster, and gives a record to
@@ -367,12 +379,10 @@ class RunService:
 
     def _adopt_queued_runs(self) -> list[int]:
         kind_of_job = {job_name: kind for kind, (job_name, _, _) in JOBS.items()}
-        queued = self.instance.get_runs(
-            RunsFilter(statuses=[DagsterRunStatus.QUEUED], job_names=list(kind_of_job))
-        )
+        queued = self.instance.get_runs(RunsFilter(statuses=[DagsterRunStatus.QUEUED]))
         adopted = []
         for run in queued:
-            if run_tags.RECORD_ID in run.tags:
+            if run_tags.RECORD_ID in run.tags or run.job_name not in kind_of_job:
                 continue
             kind = kind_of_job[run.job_name]
             _, op_name, _ = JOBS[kind]

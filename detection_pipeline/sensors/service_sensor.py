@@ -8,7 +8,10 @@ from dagster import DefaultSensorStatus, SensorEvaluationContext, SkipReason, se
 from ..records.service import RunService
 from ..settings import Settings
 
+# The daemon evaluates sensors in a loop of 5 s (Dagster's MIN_INTERVAL_LOOP_TIME). A minimum
+# interval of 5 s too would make a sensor skip every loop that comes a moment early: 10 s ticks.
 TICK_SECONDS = 5
+MINIMUM_INTERVAL_SECONDS = 1
 
 
 def make_service_sensor(
@@ -23,7 +26,7 @@ def make_service_sensor(
 
     @sensor(
         name=name,
-        minimum_interval_seconds=TICK_SECONDS,
+        minimum_interval_seconds=MINIMUM_INTERVAL_SECONDS,
         default_status=DefaultSensorStatus.RUNNING,
         description=description,
     )
