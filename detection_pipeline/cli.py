@@ -1,10 +1,12 @@
 """detection-pipeline: set up a Dagster home, start it, submit and follow runs."""
 
 import contextlib
+import dataclasses
 import datetime as dt
 import json
 import shutil
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -361,6 +363,53 @@ def models(as_json):
         click.echo(
             f"{m.name}:{m.version}  classes {', '.join(m.classes)}  bbox mAP {m.metrics.get('bbox_mAP', 0):.3f}  {m.checkpoint}"
         )
+
+
+def _ago(timestamp: float | None, now: float) -> str:
+    return "never" if timestamp is None else f"{now - timestamp:.0f} s ago"
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True)
+def status(as_json):
+    """Daemon heartbeat, queue length per queue, the running run, the last tick of each sensor
+    and schedule. Exits 1 when the daemon is not healthy."""
+    from .health import health
+
+    with _service() as service:
+        report = health(service.instance, service.store, service.settings)
+    if as_json:
+        click.echo(json.dumps(dataclasses.asdict(report), indent=2, default=str))
+        sys.exit(0 if report.healthy else 1)
+    now = time.time()
+    if report.daemon_seen:
+        click.echo("daemon:")
+        for daemon in report.daemons:
+            state = "healthy" if daemon.healthy else "NOT HEALTHY"
+            heartbeat = _ago(daemon.last_heartbeat_at, now)
+            click.echo(f"  {daemon.name:<24} {state:<12} last heartbeat {heartbeat}")
+            for error in daemon.errors:
+                click.echo(f"    error: {error.splitlines()[0]}")
+    else:
+        click.echo("daemon: not running; `detection-pipeline up` starts it with the UI")
+    click.echo("queues (waiting runs):")
+    for queue, count in report.waiting.items():
+        later = report.waiting_for_time[queue]
+        click.echo(
+            f"  {queue:<12} {count}" + (f" ({later} waiting for their time)" if later else "")
+        )
+    running = ", ".join(f"{r.id} ({r.kind}, queue {r.queue})" for r in report.processing)
+    click.echo(f"running: {running or 'nothing'}")
+    click.echo("sensors and schedules:")
+    for item in report.instigators:
+        state = "on" if item.running else "off"
+        tick = _ago(item.last_tick_at, now)
+        detail = f": {item.last_tick_status}" if item.last_tick_status else ""
+        message = (
+            f" ({item.last_tick_message.splitlines()[0][:80]})" if item.last_tick_message else ""
+        )
+        click.echo(f"  {item.kind:<8} {item.name:<20} {state:<4} last tick {tick}{detail}{message}")
+    sys.exit(0 if report.healthy else 1)
 
 
 @main.command("delete-model")

@@ -6,7 +6,9 @@ from .instance import dagster_home
 from .jobs.detect import detect
 from .jobs.train import train
 from .resources import MMDetRunner, RunFolders
+from .schedules import make_schedules
 from .sensors.delayed import make_delayed_runs_sensor
+from .sensors.inbox import make_inbox_sensor
 from .sensors.reconcile import make_reconcile_sensor
 from .sensors.retry import make_retry_sensor
 from .settings import Settings
@@ -26,13 +28,16 @@ def build_resources(settings: Settings) -> dict:
 
 
 def build_definitions(settings: Settings) -> Definitions:
+    inbox = [make_inbox_sensor(settings, settings.inbox)] if settings.inbox else []
     return Definitions(
         jobs=[detect, train],
         sensors=[
             make_reconcile_sensor(settings),
             make_retry_sensor(settings),
             make_delayed_runs_sensor(settings),
+            *inbox,
         ],
+        schedules=make_schedules(settings),
         resources=build_resources(settings),
     )
 

@@ -6,11 +6,13 @@ retries, and what runs on a schedule or from the image inbox.
 """
 
 import sys
+import zoneinfo
 from pathlib import Path
 from typing import Literal
 
 import pydantic
 import yaml
+from dagster._utils.schedules import is_valid_cron_string
 from pydantic import BaseModel, ConfigDict, Field
 
 from .errors import validation_problems
@@ -60,9 +62,26 @@ class ScheduleSettings(_Section):
 
     name: str = Field(pattern=r"^[A-Za-z0-9_]+$")
     kind: Literal["detection", "training"]
+    # Five fields, as cron has them: "0 3 * * *" is 03:00 every day.
     cron: str
     params: dict
     timezone: str = "UTC"
+
+    @pydantic.field_validator("cron")
+    @classmethod
+    def _is_cron(cls, cron: str) -> str:
+        if not is_valid_cron_string(cron):
+            raise ValueError(f"{cron!r} is not a cron string like '0 3 * * *'")
+        return cron
+
+    @pydantic.field_validator("timezone")
+    @classmethod
+    def _is_timezone(cls, timezone: str) -> str:
+        try:
+            zoneinfo.ZoneInfo(timezone)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError) as error:
+            raise ValueError(f"unknown time zone {timezone!r}, e.g. 'Europe/Prague'") from error
+        return timezone
 
 
 class InboxSettings(_Section):
@@ -76,7 +95,8 @@ class InboxSettings(_Section):
 
 class Settings(_Section):
     home: Path
-    # Runs may read images and datasets only below these folders (HOME/data always included).
+    # Runs may read images and datasets only below these folders (HOME/data and the inbox
+    # always included).
     input_roots: tuple[Path, ...] = ()
     # The Python that runs MMDetection (its own virtualenv on a GPU box, say).
     python_executable: str = sys.executable
@@ -85,6 +105,10 @@ class Settings(_Section):
     queues: dict[str, QueueSettings] = Field(default_factory=lambda: dict(DEFAULT_QUEUES))
     schedules: tuple[ScheduleSettings, ...] = ()
     inbox: InboxSettings | None = None
+
+    def queue(self, name: str) -> QueueSettings:
+        """A queue's settings; a queue taken out of the file keeps working with the defaults."""
+        return self.queues.get(name, QueueSettings())
 
     @property
     def data_dir(self) -> Path:
@@ -108,7 +132,8 @@ class Settings(_Section):
             raise SettingsError(
                 f"{path} is not valid: {validation_problems(error)}; fix the file"
             ) from error
-        roots = (settings.data_dir, *settings.input_roots)
+        inbox = (settings.inbox.folder,) if settings.inbox else ()
+        roots = (settings.data_dir, *settings.input_roots, *inbox)
         resolved = tuple(dict.fromkeys(Path(root).expanduser().resolve() for root in roots))
         return settings.model_copy(update={"input_roots": resolved})
 

@@ -24,7 +24,8 @@ def confine(path: str | Path, roots: tuple[Path, ...], what: str) -> Path:
     return real
 
 
-def _check_image(path: Path) -> str | None:
+def image_problem(path: Path) -> str | None:
+    """What is wrong with an image file, or None when it reads as one."""
     try:
         with Image.open(path) as image:
             image.verify()
@@ -56,7 +57,7 @@ def find_images(paths: list[str], roots: tuple[Path, ...]) -> list[Path]:
             images.append(path)
         else:
             raise InputError(f"image path {given} does not exist; check the path")
-    broken = [problem for problem in map(_check_image, images) if problem]
+    broken = [problem for problem in map(image_problem, images) if problem]
     if broken:
         raise InputError(
             f"{len(broken)} file(s) are not readable images: {'; '.join(broken[:5])}"

@@ -18,7 +18,7 @@ from ..dagster_services import DEFINITIONS_MODULE
 from ..errors import InputError, NotAllowed, validation_problems
 from ..jobs.detect import DetectConfig, check_inputs
 from ..jobs.train import TrainConfig, check_dataset
-from ..settings import QUEUE_OF_KIND, QueueSettings, Settings
+from ..settings import QUEUE_OF_KIND, Settings
 from . import record_store
 from .adoption import adopt_run
 from .files import remove_model_folder, remove_run_folder
@@ -122,7 +122,13 @@ def _queue_dagster_run(
     return run.run_id
 
 
-def _parse_config(kind: str, params: dict):
+def run_config(kind: str, params: dict) -> dict:
+    """The Dagster run config of a `kind` run with `params`."""
+    _, op_name, _ = JOBS[kind]
+    return {"ops": {op_name: {"config": params}}}
+
+
+def parse_params(kind: str, params: dict):
     _, _, config_class = JOBS[kind]
     try:
         return config_class(**params)
@@ -181,7 +187,7 @@ class RunService:
 
         With a key, submitting again returns the first run instead of making another.
         """
-        config = _parse_config(kind, params)
+        config = parse_params(kind, params)
         if kind == Kind.DETECTION.value:
             check_inputs(config, self.store, self.settings.input_roots)
         else:
@@ -208,7 +214,7 @@ class RunService:
     def _enqueue(self, record: RunRecord) -> RunRecord:
         """Creates the record's Dagster run in the instance's queue: its first, or a
         re-execution of its last attempt. A run that cannot be queued fails its record."""
-        job_name, op_name, _ = JOBS[record.kind]
+        job_name, _, _ = JOBS[record.kind]
         tags = {
             run_tags.RECORD_ID: str(record.id),
             run_tags.QUEUE: record.queue,
@@ -218,7 +224,7 @@ class RunService:
             run_id = _queue_dagster_run(
                 self.instance,
                 job_name,
-                {"ops": {op_name: {"config": record.params}}},
+                run_config(record.kind, record.params),
                 tags,
                 parent_run=self._dagster_run(record),
             )
@@ -398,7 +404,7 @@ class RunService:
         record with what was decided."""
         decided = []
         for record in self.store.retry_pending_runs():
-            policy = self._queue_settings(record.queue).retry
+            policy = self.settings.queue(record.queue).retry
             if record.attempts < policy.attempts:
                 next_try = record.finished_at + dt.timedelta(
                     seconds=policy.delay_after(record.attempts)
@@ -420,10 +426,6 @@ class RunService:
             if settled:
                 decided.append((settled, decision))
         return decided
-
-    def _queue_settings(self, queue: str) -> QueueSettings:
-        # A queue taken out of the settings keeps working with the defaults.
-        return self.settings.queues.get(queue, QueueSettings())
 
     def wait(
         self, record_id: int, timeout_seconds: float | None = None, poll_seconds: float = 1.0

@@ -1,0 +1,116 @@
+"""How the deployment is doing: what `detection-pipeline status` prints. The daemon's health is
+what the Dagster UI shows on its Deployment page; the rest comes from the records and from the
+sensors' and schedules' ticks in Dagster's storage."""
+
+import collections
+import dataclasses
+
+from dagster import DagsterInstance
+from dagster._core.scheduler.instigation import InstigatorStatus
+
+from .records.schema import RunRecord, Status
+from .records.store import RecordStore
+from .settings import Settings
+
+
+@dataclasses.dataclass(frozen=True)
+class DaemonHealth:
+    name: str
+    healthy: bool
+    # When the daemon last reported in (epoch seconds); None when it never did.
+    last_heartbeat_at: float | None
+    errors: tuple[str, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class InstigatorHealth:
+    """A sensor or schedule and its last tick."""
+
+    name: str
+    kind: str  # sensor or schedule
+    running: bool
+    last_tick_at: float | None
+    last_tick_status: str | None
+    last_tick_message: str | None
+
+
+@dataclasses.dataclass(frozen=True)
+class Health:
+    daemons: list[DaemonHealth]
+    # Waiting runs per queue (every configured queue, empty ones too), and how many of them
+    # wait for a time (a delay, or the next try) rather than for their turn.
+    waiting: dict[str, int]
+    waiting_for_time: dict[str, int]
+    processing: list[RunRecord]
+    instigators: list[InstigatorHealth]
+
+    @property
+    def healthy(self) -> bool:
+        return bool(self.daemons) and all(daemon.healthy for daemon in self.daemons)
+
+    @property
+    def daemon_seen(self) -> bool:
+        return any(daemon.last_heartbeat_at is not None for daemon in self.daemons)
+
+
+def _daemons(instance: DagsterInstance) -> list[DaemonHealth]:
+    return [
+        DaemonHealth(
+            name=name,
+            healthy=status.healthy,
+            last_heartbeat_at=status.last_heartbeat.timestamp if status.last_heartbeat else None,
+            errors=tuple(error.message.strip() for error in (status.last_heartbeat.errors or []))
+            if status.last_heartbeat
+            else (),
+        )
+        for name, status in sorted(instance.get_daemon_statuses().items())
+    ]
+
+
+def _tick_message(tick) -> str | None:
+    if tick.error:
+        return tick.error.message.strip()
+    if tick.skip_reason:
+        return tick.skip_reason
+    return f"{len(tick.run_ids)} run(s) requested" if tick.run_ids else None
+
+
+def _instigators(instance: DagsterInstance, settings: Settings) -> list[InstigatorHealth]:
+    found = []
+    for state in instance.all_instigator_state():
+        ticks = instance.get_ticks(state.instigator_origin_id, state.selector_id, limit=1)
+        tick = ticks[0] if ticks else None
+        found.append(
+            InstigatorHealth(
+                name=state.instigator_name,
+                kind=state.instigator_type.value.lower(),
+                running=state.status != InstigatorStatus.STOPPED,
+                last_tick_at=tick.timestamp if tick else None,
+                last_tick_status=tick.status.value.lower() if tick else None,
+                last_tick_message=_tick_message(tick) if tick else None,
+            )
+        )
+    known = {instigator.name for instigator in found}
+    # A schedule that was never started has no state in Dagster's storage yet.
+    found += [
+        InstigatorHealth(schedule.name, "schedule", False, None, None, None)
+        for schedule in settings.schedules
+        if schedule.name not in known
+    ]
+    return sorted(found, key=lambda instigator: (instigator.kind, instigator.name))
+
+
+def health(instance: DagsterInstance, store: RecordStore, settings: Settings) -> Health:
+    waiting_records = store.list_runs(status=Status.WAITING.value)
+    waiting = collections.Counter(record.queue for record in waiting_records)
+    for_time = collections.Counter(
+        record.queue for record in waiting_records if record.run_at is not None
+    )
+    queues = list(dict.fromkeys([*settings.queues, *waiting]))
+    return Health(
+        daemons=_daemons(instance),
+        waiting={queue: waiting[queue] for queue in queues},
+        waiting_for_time={queue: for_time[queue] for queue in queues},
+        processing=store.list_runs(status=Status.PROCESSING.value),
+        instigators=_instigators(instance, settings),
+    )

@@ -1,0 +1,158 @@
+"""What the reconciliation and retry sensors decide, tick by tick, without a daemon: Dagster
+runs are failed, cancelled or deleted by hand, and each tick's work is called directly."""
+
+import datetime as dt
+import json
+import os
+import subprocess
+
+import pytest
+from dagster import DagsterRunStatus
+
+from detection_pipeline import run_tags, run_worker
+from detection_pipeline.jobs.record_lifecycle import NOT_RETRIED_BAD_INPUT
+from detection_pipeline.records import RecordNotFound
+from detection_pipeline.records.service import NOT_RETRIED_RUN_GONE, _queue_dagster_run
+from detection_pipeline.settings import QueueSettings, RetryPolicy
+
+from .conftest import detect_config
+
+
+@pytest.fixture
+def idle_queue(open_queue):
+    """A RunService whose Dagster runs stay queued: no daemon. Detection retries twice after
+    60 s, then 120 s; the `disposable` queue deletes what used up its attempts."""
+    return open_queue(
+        with_daemon=False,
+        queues={
+            "detection": QueueSettings(retry=RetryPolicy(attempts=3, delay_seconds=60)),
+            "default": QueueSettings(),
+            "disposable": QueueSettings(
+                retry=RetryPolicy(attempts=1, delay_seconds=60, when_exhausted="delete")
+            ),
+        },
+    )
+
+
+def submit(queue, datasets, **options):
+    return queue.submit(
+        "detection", {"images": [str(datasets / "unseen" / "images")], "model": "tiny"}, **options
+    )
+
+
+def fail(queue, record, message="MMDetection infer failed (exit code 3): boom"):
+    queue.instance.report_run_failed(queue.instance.get_run_by_id(record.dagster_run_id), message)
+
+
+def test_each_active_record_follows_its_ended_or_vanished_run(idle_queue, datasets):
+    failed, cancelled, deleted, queued = (submit(idle_queue, datasets) for _ in range(4))
+    fail(idle_queue, failed)
+    idle_queue.instance.report_run_canceled(
+        idle_queue.instance.get_run_by_id(cancelled.dagster_run_id)
+    )
+    idle_queue.instance.delete_run(deleted.dagster_run_id)
+
+    changed = {record.id: record for record in idle_queue.reconcile_active()}
+
+    assert set(changed) == {failed.id, cancelled.id, deleted.id}
+    assert (changed[failed.id].status, changed[failed.id].error) == (
+        "error",
+        "MMDetection infer failed (exit code 3): boom",
+    )
+    assert changed[failed.id].retry_pending
+    assert changed[cancelled.id].status == "cancelled"
+    assert (changed[deleted.id].status, changed[deleted.id].not_retried) == (
+        "error",
+        NOT_RETRIED_RUN_GONE,
+    )
+    assert idle_queue.store.get_run(queued.id).status == "waiting"
+    assert idle_queue.reconcile_active() == []  # the next tick has nothing to do
+
+
+def test_a_queued_run_launched_without_a_record_gets_one(idle_queue, datasets):
+    run_id = _queue_dagster_run(
+        idle_queue.instance, "detect", detect_config(datasets / "unseen" / "images", "tiny"), {}
+    )
+
+    (adopted,) = idle_queue.reconcile_active()
+
+    assert (adopted.kind, adopted.queue, adopted.status) == ("detection", "detection", "waiting")
+    assert adopted.dagster_run_ids == [run_id] and adopted.model == "tiny"
+    tags = idle_queue.instance.get_run_by_id(run_id).tags
+    assert tags[run_tags.RECORD_ID] == str(adopted.id)
+    assert idle_queue.reconcile_active() == []  # adopted once
+
+
+def test_failed_runs_are_retried_with_backoff_until_their_attempts_are_used_up(
+    idle_queue, datasets
+):
+    record = submit(idle_queue, datasets, priority=3)
+    for attempt, delay in ((1, 60), (2, 120)):
+        fail(idle_queue, record)
+        idle_queue.reconcile_active()
+        ((decided, decision),) = idle_queue.decide_retries()
+        assert decided.status == "waiting" and not decided.retry_pending
+        assert decided.run_at == decided.finished_at + dt.timedelta(seconds=delay)
+        assert decision.startswith(f"attempt {attempt + 1} of 3 at ")
+        assert idle_queue.submit_due(now=decided.run_at - dt.timedelta(seconds=1)) == []
+        (record,) = idle_queue.submit_due(now=decided.run_at)
+        assert (record.attempts, record.queue, record.priority) == (attempt + 1, "detection", 3)
+        retry = idle_queue.instance.get_run_by_id(record.dagster_run_id)
+        assert retry.status == DagsterRunStatus.QUEUED
+        assert retry.parent_run_id == record.dagster_run_ids[-2]
+        assert retry.tags[run_tags.PRIORITY] == "3"
+
+    fail(idle_queue, record)
+    idle_queue.reconcile_active()
+    ((ended, decision),) = idle_queue.decide_retries()
+    assert (ended.status, ended.attempts, ended.not_retried) == (
+        "error",
+        3,
+        "all 3 attempts failed",
+    )
+    assert idle_queue.decide_retries() == []
+
+
+def test_a_queue_that_says_delete_deletes_what_used_up_its_attempts(idle_queue, datasets):
+    record = submit(idle_queue, datasets, queue="disposable")
+    fail(idle_queue, record)
+    idle_queue.reconcile_active()
+
+    ((_, decision),) = idle_queue.decide_retries()
+
+    assert decision == "all 1 attempts failed; deleted"
+    with pytest.raises(RecordNotFound):
+        idle_queue.store.get_run(record.id)
+    assert idle_queue.instance.get_run_by_id(record.dagster_run_id) is None
+
+
+def test_what_a_user_stopped_or_bad_input_failed_is_not_retried(idle_queue, datasets):
+    bad_input, gone = submit(idle_queue, datasets), submit(idle_queue, datasets)
+    idle_queue.store.mark_failed(bad_input.id, "no images", not_retried=NOT_RETRIED_BAD_INPUT)
+    idle_queue.instance.delete_run(gone.dagster_run_id)
+    idle_queue.reconcile_active()
+
+    assert idle_queue.decide_retries() == []
+    assert idle_queue.store.get_run(bad_input.id).not_retried == NOT_RETRIED_BAD_INPUT
+    assert idle_queue.store.get_run(gone.id).status == "error"
+
+
+def test_the_health_check_fails_a_run_whose_worker_is_gone(idle_queue, datasets):
+    run_id = submit(idle_queue, datasets).dagster_run_id
+
+    def health_with_worker(**worker) -> tuple[str, str | None]:
+        if worker:
+            reported = {**json.loads(run_worker.this_process(run_id)), **worker}
+            idle_queue.instance.add_run_tags(run_id, {run_tags.RUN_WORKER: json.dumps(reported)})
+        run = idle_queue.instance.get_run_by_id(run_id)
+        result = idle_queue.instance.run_launcher.check_run_worker_health(run)
+        return result.status.value, result.msg
+
+    assert health_with_worker()[0] == "RUNNING"  # starting: no worker has reported in yet
+    assert health_with_worker(pid=os.getpid())[0] == "RUNNING"
+    ended = subprocess.Popen(["true"])
+    ended.wait()
+    dead_pid = ended.pid
+    assert health_with_worker(pid=dead_pid) == ("FAILED", f"run worker (pid {dead_pid}) died")
+    # A pid the system gave to another process since: not the worker.
+    assert health_with_worker(pid=os.getpid(), start="1")[0] == "FAILED"
