@@ -4,10 +4,14 @@ import itertools
 import json
 from pathlib import Path
 
-from detection_pipeline import run_tags
-from detection_pipeline.datasets.recall import recall
+from dagster import DagsterRunStatus
 
-from .conftest import cli
+from detection_pipeline import run_tags
+from detection_pipeline.dagster_services import running_daemon
+from detection_pipeline.datasets.recall import recall
+from detection_pipeline.settings import QueueSettings, RetryPolicy
+
+from .conftest import cli, daemon_log, wait_until
 from .test_jobs import MIN_RECALL
 
 
@@ -66,3 +70,29 @@ def test_cli_submits_waits_and_prints_the_record(queue, datasets):
 
     failed = cli("detect", "--images", images, "--model", "tiny", "--device", "cuda:0", "--wait")
     assert failed.returncode == 1 and "error: MMDetection infer failed" in failed.stdout
+
+
+def test_a_queue_of_5_survives_a_daemon_restart_each_run_succeeding_exactly_once(
+    open_queue, datasets
+):
+    images = str(datasets / "unseen" / "images")
+    # The run the restart interrupts fails (its worker dies with the daemon) and is retried.
+    queue = open_queue(
+        with_daemon=False,
+        queues={"detection": QueueSettings(retry=RetryPolicy(attempts=2, delay_seconds=0))},
+    )
+    records = [queue.submit("detection", {"images": [images], "model": "tiny"}) for _ in range(5)]
+    with running_daemon(queue.instance, daemon_log(queue.settings)):
+        wait_until(lambda: queue.store.get_run(records[1].id).status == "processing", timeout=180)
+    with running_daemon(queue.instance, daemon_log(queue.settings)):
+        finished = [queue.wait(record.id, timeout_seconds=300) for record in records]
+
+    assert [r.status for r in finished] == ["success"] * 5, [r.error for r in finished]
+    runs = queue.instance.get_runs()
+    succeeded = [run for run in runs if run.status == DagsterRunStatus.SUCCESS]
+    assert sorted(run.tags[run_tags.RECORD_ID] for run in succeeded) == sorted(
+        str(r.id) for r in records
+    )
+    stats = [queue.instance.get_run_stats(run.run_id) for run in runs]
+    assert_one_at_a_time([(s.start_time, s.end_time) for s in stats])
+    assert all(run.is_finished for run in runs)

@@ -150,6 +150,7 @@ def test_a_run_whose_worker_is_killed_fails_within_a_poll_and_a_tick_then_is_ret
     assert "run worker" in failed.error and "died" in failed.error
     assert noticed <= MONITORING_POLL_SECONDS + TICK_SECONDS + DAEMON_SLACK_SECONDS, noticed
     wait_until(lambda: not processes_in_group(child), timeout=30)  # its MMDetection died too
+    assert failed.error in (run_dir / f"error_{record.id}.txt").read_text()  # its log is kept
     print(f"a killed run worker's record said error {noticed:.1f} s after the kill")
 
     done = queue.wait(record.id, timeout_seconds=300)

@@ -46,6 +46,21 @@ def log_path(run_dir: Path, record_id: int, succeeded: bool) -> Path:
     return run_dir / f"{'succ' if succeeded else 'error'}_{record_id}.txt"
 
 
+def running_log_path(run_dir: Path, record_id: int) -> Path:
+    """The child's log while it runs; renamed to succ_ or error_ when it ends."""
+    return run_dir / f"running_{record_id}.txt"
+
+
+def close_abandoned_log(run_dir: Path, record_id: int, reason: str) -> None:
+    """The log of a run whose worker died before it could rename it: it becomes the error log,
+    with the reason at its end."""
+    running = running_log_path(run_dir, record_id)
+    if running.exists():
+        with running.open("a") as log_file:
+            log_file.write(f"\n{reason}\n")
+        running.rename(log_path(run_dir, record_id, succeeded=False))
+
+
 def run_mmdetection_child(
     context: OpExecutionContext,
     spec: TrainSpec | InferSpec,
@@ -67,7 +82,7 @@ def run_mmdetection_child(
         spec.action,
         str(spec_path),
     ]
-    running_log = run_dir / f"running_{record_id}.txt"
+    running_log = running_log_path(run_dir, record_id)
     lines: queue.Queue = queue.Queue()
     tail: list[str] = []
     failure: str | None = None

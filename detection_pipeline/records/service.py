@@ -9,6 +9,7 @@ import datetime as dt
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pydantic
 from dagster import DagsterEventType, DagsterInstance, DagsterRun, DagsterRunStatus, RunsFilter
@@ -16,6 +17,7 @@ from dagster import DagsterEventType, DagsterInstance, DagsterRun, DagsterRunSta
 from .. import run_tags
 from ..dagster_services import DEFINITIONS_MODULE
 from ..errors import InputError, NotAllowed, validation_problems
+from ..jobs.child_process import close_abandoned_log
 from ..jobs.detect import DetectConfig, check_inputs
 from ..jobs.train import TrainConfig, check_dataset
 from ..settings import QUEUE_OF_KIND, Settings
@@ -347,7 +349,10 @@ class RunService:
             return self.store.transition(
                 record.id, ACTIVE_STATUSES, status=Status.CANCELLED.value, finished_at=utcnow()
             )
-        return self.store.mark_failed(record.id, self._failure_reason(run))
+        reason = self._failure_reason(run)
+        if record.output_dir:
+            close_abandoned_log(Path(record.output_dir), record.id, reason)
+        return self.store.mark_failed(record.id, reason)
 
     def _failure_reason(self, run: DagsterRun) -> str:
         """Dagster's message for the run's failure. When the code server finds a run worker
