@@ -25,6 +25,10 @@ class SettingsError(ValueError):
     pass
 
 
+def _real(path: Path) -> Path:
+    return Path(path).expanduser().resolve()
+
+
 class _Section(BaseModel):
     # A misspelt key is an error, not a setting silently ignored.
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -132,10 +136,12 @@ class Settings(_Section):
             raise SettingsError(
                 f"{path} is not valid: {validation_problems(error)}; fix the file"
             ) from error
-        inbox = (settings.inbox.folder,) if settings.inbox else ()
-        roots = (settings.data_dir, *settings.input_roots, *inbox)
-        resolved = tuple(dict.fromkeys(Path(root).expanduser().resolve() for root in roots))
-        return settings.model_copy(update={"input_roots": resolved})
+        inbox = settings.inbox and settings.inbox.model_copy(
+            update={"folder": _real(settings.inbox.folder)}
+        )
+        roots = (settings.data_dir, *settings.input_roots, *([inbox.folder] if inbox else []))
+        resolved = tuple(dict.fromkeys(map(_real, roots)))
+        return settings.model_copy(update={"input_roots": resolved, "inbox": inbox})
 
     def save(self) -> Path:
         path = self.home / SETTINGS_FILE
