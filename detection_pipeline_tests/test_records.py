@@ -1,6 +1,8 @@
 """Run records and the model registry on SQLite and on PostgreSQL, beside Dagster's own tables."""
 
 import concurrent.futures
+import multiprocessing
+import time
 
 import pytest
 import sqlalchemy as sa
@@ -118,3 +120,17 @@ def test_the_tables_are_what_the_migrations_make(database_url):
             Base.metadata,
         )
     assert differences == []
+
+
+def _first_use(database_url: str, at: float) -> int:
+    time.sleep(max(0.0, at - time.time()))
+    return len(RecordStore(database_url).list_runs())
+
+
+def test_processes_using_a_new_database_at_once_migrate_it_once(database_url):
+    # The CLI, the daemon's sensors and a run worker may all be first. Each process starts
+    # (imports) first, then all use the database at the same moment.
+    context = multiprocessing.get_context("spawn")
+    at = time.time() + 8
+    with concurrent.futures.ProcessPoolExecutor(6, mp_context=context) as pool:
+        assert list(pool.map(_first_use, [database_url] * 6, [at] * 6)) == [0] * 6

@@ -50,23 +50,26 @@ def _migrated_engine(url: str) -> sa.Engine:
 
 
 @contextlib.contextmanager
-def _migration_lock(connection: sa.Connection) -> Iterator[None]:
-    """Holds off other processes migrating the same database until this one is done."""
-    if connection.dialect.name == "postgresql":
-        # Released with the transaction; the number is arbitrary but fixed.
-        connection.execute(sa.text("SELECT pg_advisory_xact_lock(7283190462)"))
-        yield
+def _migrating(engine: sa.Engine) -> Iterator[sa.Connection]:
+    """A transaction that no other process migrating the same database runs alongside. The
+    lock is let go only after the transaction commits: another process waiting for it must
+    find the tables made."""
+    if engine.dialect.name == "postgresql":
+        with engine.begin() as connection:
+            # Released with the transaction; the number is arbitrary but fixed.
+            connection.execute(sa.text("SELECT pg_advisory_xact_lock(7283190462)"))
+            yield connection
         return
-    database = connection.engine.url.database
-    with open(f"{database}.migrating.lock", "w") as lock_file:  # SQLite: a lock file beside it
+    with open(f"{engine.url.database}.migrating.lock", "w") as lock_file:  # SQLite: a lock file
         fcntl.flock(lock_file, fcntl.LOCK_EX)
-        yield
+        with engine.begin() as connection:
+            yield connection
 
 
 def migrate(engine: sa.Engine, revision: str = "head") -> None:
     """Upgrades the records tables to `revision`; safe to run from several processes at once."""
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
-    with engine.begin() as connection, _migration_lock(connection):
+    with _migrating(engine) as connection:
         config.attributes["connection"] = connection
         command.upgrade(config, revision)
