@@ -34,14 +34,15 @@ def idle_queue(open_queue):
     )
 
 
-def submit(queue, datasets, **options):
-    return queue.submit(
+def submit(service, datasets, **options):
+    return service.submit(
         "detection", {"images": [str(datasets / "unseen" / "images")], "model": "tiny"}, **options
     )
 
 
-def fail(queue, record, message="MMDetection infer failed (exit code 3): boom"):
-    queue.instance.report_run_failed(queue.instance.get_run_by_id(record.dagster_run_id), message)
+def fail(service, record, message="MMDetection infer failed (exit code 3): boom"):
+    run = service.instance.get_run_by_id(record.dagster_run_id)
+    service.instance.report_run_failed(run, message)
 
 
 def test_each_active_record_follows_its_ended_or_vanished_run(idle_queue, datasets):

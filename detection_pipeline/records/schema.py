@@ -83,6 +83,8 @@ class RunRecord(Base):
     finished_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     # Not before this: a delayed run, or the next try of a failed one.
     run_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, index=True)
+    # Dagster runs made for it: an attempt counts once queued, whether it got to start or not,
+    # so a run that cannot even start is not retried for ever.
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     dagster_run_ids: Mapped[list] = mapped_column(JSON, default=list)
     output_dir: Mapped[str | None] = mapped_column(Text)

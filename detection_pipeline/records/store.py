@@ -99,6 +99,7 @@ class RecordStore:
             record = session.get(RunRecord, record_id, with_for_update=True)
             if dagster_run_id not in record.dagster_run_ids:
                 record.dagster_run_ids = [*record.dagster_run_ids, dagster_run_id]
+                record.attempts = len(record.dagster_run_ids)
                 record.run_at = None
         return record
 
@@ -131,7 +132,6 @@ class RecordStore:
             started_at=utcnow(),
             finished_at=None,
             error=None,
-            attempts=RunRecord.attempts + 1,
         )
 
     def mark_finished(self, record_id: int) -> RunRecord | None:
