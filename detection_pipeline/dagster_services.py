@@ -84,3 +84,5 @@ def running_daemon(instance: DagsterInstance, log_file: Path) -> Iterator[subpro
         yield process
     finally:
         stop_service(process)
+        # Its last heartbeats would pass for a running daemon for a while.
+        instance.wipe_daemon_heartbeats()

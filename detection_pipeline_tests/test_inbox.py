@@ -55,7 +55,7 @@ def test_a_file_is_taken_once_fully_written_and_never_again(tmp_path, datasets):
     assert taken(scan_inbox(inbox, after.cursor, 3)) == [image.name for image in images[6:8]]
 
 
-def test_images_dropped_in_parts_are_each_detected_exactly_once(open_queue, tmp_path, datasets):
+def test_images_dropped_in_parts_are_each_detected_exactly_once(open_queue, tmp_path, many_images):
     inbox = tmp_path / "inbox"
     inbox.mkdir()
     queue = open_queue(
@@ -64,7 +64,7 @@ def test_images_dropped_in_parts_are_each_detected_exactly_once(open_queue, tmp_
         # A run the restart interrupts is tried again.
         queues={"detection": QueueSettings(retry=RetryPolicy(delay_seconds=0))},
     )
-    images = sorted((datasets / "many" / "images").iterdir())[:20]
+    images = sorted(many_images.iterdir())[:20]
     with running_daemon(queue.instance, daemon_log(queue.settings)):
         drop(images[:7], inbox)
         time.sleep(TICK_SECONDS)

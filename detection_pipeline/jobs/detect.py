@@ -56,14 +56,16 @@ class DetectionPlan:
 
 
 def _stage(images: list[Path], staging: Path) -> list[str]:
-    """Links (or copies) the images into the run's staging folder under unique names."""
+    """Symlinks (or copies) the images into the run's staging folder under unique names. Not
+    hard links: making and removing one changes the image's ctime, which the inbox sensor
+    would take for a new file."""
     staging.mkdir(parents=True, exist_ok=True)
     names_collide = len({image.name for image in images}) < len(images)
     staged = []
     for index, image in enumerate(images):
         target = staging / (f"{index:05d}_{image.name}" if names_collide else image.name)
         try:
-            os.link(image, target)
+            os.symlink(image, target)
         except OSError:
             shutil.copy2(image, target)
         staged.append(str(target))

@@ -358,19 +358,29 @@ class RunService:
         """Dagster's message for the run's failure. When the code server finds a run worker
         dead, it fails the run with a generic message and says how the worker died in the
         engine event just before."""
-        last_two = self.instance.get_records_for_run(
-            run.run_id,
-            of_type={DagsterEventType.RUN_FAILURE, DagsterEventType.ENGINE_EVENT},
-            ascending=False,
-            limit=2,
-        ).records
-        entries = [record.event_log_entry for record in last_two]
-        if not entries or entries[0].dagster_event_type != DagsterEventType.RUN_FAILURE:
+        failures = self._last_events(run, DagsterEventType.RUN_FAILURE, 1)
+        if not failures:
             return f"Dagster run {run.run_id} ended {run.status.value}"
-        failure = entries[0].message
-        if failure != FAILED_FROM_OUTSIDE or len(entries) < 2:
-            return failure
-        return f"run worker died: {entries[1].message}"
+        failure = failures[0]
+        if failure.event_log_entry.message != FAILED_FROM_OUTSIDE:
+            return failure.event_log_entry.message
+        before = [
+            event
+            for event in self._last_events(run, DagsterEventType.ENGINE_EVENT, 5)
+            if event.storage_id < failure.storage_id
+        ]
+        return (
+            f"run worker died: {before[0].event_log_entry.message}"
+            if before
+            else FAILED_FROM_OUTSIDE
+        )
+
+    def _last_events(self, run: DagsterRun, event_type: DagsterEventType, limit: int) -> list:
+        return list(
+            self.instance.get_records_for_run(
+                run.run_id, of_type=event_type, ascending=False, limit=limit
+            ).records
+        )
 
     def reconcile_active(self) -> list[RunRecord]:
         """Brings every waiting or processing record in line with Dagster, and gives a record to
