@@ -29,6 +29,9 @@ setup(
         "mmcv==2.1.0",
         "mmdet==3.3.0",
         "pycocotools",
+        "rasterio>=1.4",  # GeoTIFF (and PNG/JPEG) read by window, with the georeference
+        "sahi>=0.12",  # patch placement; mmdet's large-image merge imports it too
+        "shapely>=2",  # ignore zones
         "pillow",
         "matplotlib",
         "pyyaml",

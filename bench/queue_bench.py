@@ -20,11 +20,12 @@ import time
 from pathlib import Path
 
 from dagster import DagsterInstance
+from figures import report  # bench/figures.py
 
 from detection_pipeline.dagster_services import running_daemon
 from detection_pipeline.datasets.synthetic import make_dataset
+from detection_pipeline.detections import DETECTIONS_FILE
 from detection_pipeline.instance import use_home, write_instance_config
-from detection_pipeline.mmdet_runner.specs import DETECTIONS_FILE
 from detection_pipeline.records.service import RunService
 from detection_pipeline.settings import Settings
 
@@ -107,14 +108,7 @@ def main() -> None:
         "plain_script_s": round(plain_seconds, 2),
         "queue_over_plain": round(queue_seconds / plain_seconds, 2),
     }
-    width = max(map(len, figures))
-    for name, value in figures.items():
-        print(f"{name:<{width}}  {value}")
-    results = Path(__file__).parent / "results"
-    results.mkdir(exist_ok=True)
-    (results / f"queue_{time.strftime('%Y%m%d-%H%M%S')}.json").write_text(
-        json.dumps(figures, indent=2)
-    )
+    report("queue", figures)
 
 
 if __name__ == "__main__":

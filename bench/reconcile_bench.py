@@ -7,7 +7,8 @@ same work to do; the rest are finished records, as a database that has served fo
 Prints the median tick time of `RunService.reconcile_active()` (what the reconcile_runs sensor
 does each tick) for both sizes and their ratio, measured in one run of this script. With a
 PostgreSQL URL (of a server whose user may create databases) both databases are made there
-and dropped afterwards; otherwise SQLite, the embedded default.
+and dropped afterwards; otherwise SQLite, the embedded default. Writes
+bench/results/reconcile_<time>.json.
 """
 
 import argparse
@@ -22,6 +23,7 @@ from pathlib import Path
 import sqlalchemy as sa
 from dagster import DagsterInstance, DagsterRunStatus
 from dagster._core.test_utils import create_run_for_test
+from figures import report  # bench/figures.py
 
 from detection_pipeline.instance import use_home, write_instance_config
 from detection_pipeline.records.schema import RunRecord, Status
@@ -102,11 +104,14 @@ def main() -> None:
     small, large = 100 - ACTIVE, 100_000 - ACTIVE
     small_tick = median_tick(small, args.ticks, args.postgres)
     large_tick = median_tick(large, args.ticks, args.postgres)
-    storage = "PostgreSQL" if args.postgres else "SQLite"
-    print(f"{storage}: reconciliation tick, median of {args.ticks}")
-    print(f"  {small + ACTIVE:>7} records: {small_tick * 1000:.1f} ms")
-    print(f"  {large + ACTIVE:>7} records: {large_tick * 1000:.1f} ms")
-    print(f"  ratio 100,000 / 100: {large_tick / small_tick:.2f}")
+    figures = {
+        "storage": "postgres" if args.postgres else "sqlite",
+        "ticks (median of)": args.ticks,
+        f"tick_ms_{small + ACTIVE}_records": round(small_tick * 1000, 1),
+        f"tick_ms_{large + ACTIVE}_records": round(large_tick * 1000, 1),
+        "ratio_large_over_small": round(large_tick / small_tick, 2),
+    }
+    report("reconcile", figures)
 
 
 if __name__ == "__main__":

@@ -259,12 +259,18 @@ def make_dataset_command(out, images, size, seed):
 )
 @click.option("--name", required=True, help="Register the trained model under this name.")
 @click.option("--epochs", type=int, help="Training epochs (default 30).")
+@click.option("--base-model", help="Fine-tune this registered model (name or name:version).")
+@click.option(
+    "--frozen-stages",
+    type=int,
+    help="Backbone stages not trained: -1 none, 0 the stem, N stem and stages 1..N.",
+)
 @with_queue_options
-def train(dataset, name, epochs, **submission):
+def train(dataset, name, epochs, base_model, frozen_stages, **submission):
     """Submit a training run to the queue."""
     params = {"dataset": str(Path(dataset).expanduser().resolve()), "name": name}
-    if epochs:
-        params["epochs"] = epochs
+    optional = {"epochs": epochs, "base_model": base_model, "frozen_stages": frozen_stages}
+    params.update({k: v for k, v in optional.items() if v is not None})
     _submit_and_report(Kind.TRAINING.value, params, **submission)
 
 
@@ -275,16 +281,36 @@ def train(dataset, name, epochs, **submission):
     "--score-thr", "score_threshold", type=float, help="Minimum score of a detection (default 0.3)."
 )
 @click.option("--device", help="cpu, cuda or cuda:N (default cpu).")
+@click.option("--patch-size", type=int, help="Larger images are cut into patches (default 1280).")
+@click.option("--patch-overlap", type=float, help="Overlap of neighbour patches (default 0.25).")
+@click.option("--nms-iou", type=float, help="IoU of the NMS merging patches (default 0.25).")
+@click.option("--ignore-zones", help="GeoJSON of areas whose detections are flagged.")
 @with_queue_options
-def detect(images, model, score_threshold, device, **submission):
+def detect(images, model, score_threshold, device, ignore_zones, **options):
     """Submit a detection run to the queue."""
     params = {
         "images": [str(Path(image).expanduser().resolve()) for image in images],
         "model": model,
     }
-    optional = {"score_threshold": score_threshold, "device": device}
+    if ignore_zones:
+        params["ignore_zones"] = str(Path(ignore_zones).expanduser().resolve())
+    slicing = {name: options.pop(name) for name in ("patch_size", "patch_overlap", "nms_iou")}
+    optional = {"score_threshold": score_threshold, "device": device, **slicing}
     params.update({k: v for k, v in optional.items() if v is not None})
-    _submit_and_report(Kind.DETECTION.value, params, **submission)
+    _submit_and_report(Kind.DETECTION.value, params, **options)
+
+
+@main.command()
+@click.argument("record_id", type=int)
+@click.option(
+    "--score-thr", "score_threshold", type=float, required=True, help="The threshold to apply."
+)
+def export(record_id, score_threshold):
+    """Write a detection run's outputs again with another score threshold, without detecting
+    again (drawn images excepted)."""
+    with _service() as service, _user_errors():
+        folder = service.export_detections(record_id, score_threshold)
+    click.echo(f"detections at score >= {score_threshold}: {folder}")
 
 
 @main.command()
@@ -426,7 +452,8 @@ def delete_model(name):
 def demo(epochs):
     """Train a tiny detector on synthetic images, then detect with it, through the queue."""
     from .datasets.recall import recall
-    from .mmdet_runner.specs import DETECTIONS_FILE, DRAWN_DIR
+    from .detections import DETECTIONS_FILE
+    from .mmdet_runner.specs import DRAWN_DIR
 
     with _service() as service:
         data = service.settings.data_dir

@@ -16,11 +16,10 @@ def _schedule(settings: Settings, schedule: ScheduleSettings) -> ScheduleDefinit
         params = parse_params(schedule.kind, schedule.params).model_dump()
     except InputError as error:
         raise SettingsError(f"schedule {schedule.name}: {error}; fix its params") from error
-    job_name, _, _ = JOBS[schedule.kind]
     queue = QUEUE_OF_KIND[schedule.kind]
     return ScheduleDefinition(
         name=schedule.name,
-        job_name=job_name,
+        job_name=JOBS[schedule.kind].job_name,
         cron_schedule=schedule.cron,
         execution_timezone=schedule.timezone,
         run_config=run_config(schedule.kind, params),

@@ -37,12 +37,9 @@ def cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     )
 
 
-def train_config(dataset: Path, name: str, epochs: int = TRAIN_EPOCHS) -> dict:
-    return {
-        "ops": {
-            "prepare_dataset": {"config": {"dataset": str(dataset), "name": name, "epochs": epochs}}
-        }
-    }
+def train_config(dataset: Path, name: str, epochs: int = TRAIN_EPOCHS, **extra) -> dict:
+    config = {"dataset": str(dataset), "name": name, "epochs": epochs, **extra}
+    return {"ops": {"prepare_dataset": {"config": config}}}
 
 
 def detect_config(images, model: str = "", **extra) -> dict:

@@ -178,18 +178,24 @@ def test_the_same_key_from_8_submitters_at_once_makes_one_run(queue, datasets):
     assert queue.wait(records[0]["id"], timeout_seconds=300).status == "success"
 
 
-def test_a_model_in_use_cannot_be_deleted(queue, trained_model, many_images):
+def test_a_model_in_use_cannot_be_deleted(queue, trained_model, many_images, datasets):
     tiny = trained_model[1]
     folder = queue.settings.models_dir / "mine" / "run-0"
     folder.mkdir(parents=True)
     files = {name: shutil.copy(getattr(tiny, name), folder) for name in ("config", "checkpoint")}
     register_as(queue.store, "mine", tiny, **files)
     blocker = start_blocker(queue, many_images, model="mine")
+    fine_tuning = queue.submit(
+        "training",
+        {"dataset": str(datasets / "train"), "name": "other", "base_model": "mine"},
+        run_at=utcnow() + dt.timedelta(hours=1),
+    )
     with pytest.raises(
-        NotAllowed, match=rf"used by waiting or processing detection runs \[{blocker.id}\]"
+        NotAllowed, match=rf"used by waiting or processing runs \[{blocker.id}, {fine_tuning.id}\]"
     ):
         queue.delete_model("mine")
     queue.terminate(blocker.id)
+    queue.cancel(fine_tuning.id)
     assert queue.delete_model("mine") == 1
     assert queue.store.find_model("mine") is None
     assert not (queue.settings.models_dir / "mine").exists()

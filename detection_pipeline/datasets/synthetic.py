@@ -46,7 +46,7 @@ def make_dataset(out_dir: Path, images: int = 24, size: int = 128, seed: int = 0
         pixels = rng.integers(0, 90, size=(size, size, 3), dtype=np.uint8)
         boxes = _place_boxes(rng, size, int(rng.integers(1, 3, endpoint=True)))
         for x1, y1, x2, y2 in boxes:
-            pixels[y1:y2, x1:x2] = rng.integers(190, 256, size=3, dtype=np.uint8)
+            pixels[y1:y2, x1:x2] = object_colour(rng)
             coco["annotations"].append(
                 {
                     "id": len(coco["annotations"]) + 1,
@@ -65,3 +65,44 @@ def make_dataset(out_dir: Path, images: int = 24, size: int = 128, seed: int = 0
     annotations = out_dir / ANNOTATIONS_FILE
     annotations.write_text(json.dumps(coco, indent=1))
     return annotations
+
+
+def object_colour(rng: np.random.Generator) -> np.ndarray:
+    """The colour of a synthetic object: bright, against the dark noise."""
+    return rng.integers(190, 256, size=3, dtype=np.uint8)
+
+
+def make_large_image(
+    path: Path,
+    size: int,
+    boxes: list[list[int]],
+    crs: str | None = "EPSG:32633",
+    origin: tuple[float, float] = (500000.0, 5000000.0),
+    pixel_metres: float = 0.1,
+    seed: int = 0,
+    band_rows: int = 1024,
+) -> Path:
+    """A square GeoTIFF orthophoto of noise with objects at `boxes` (pixels), written a band of
+    rows at a time so even a huge one takes little memory. Georeferenced (north up, `origin` the
+    top left corner) unless `crs` is None. Boxes must be shorter than `band_rows`."""
+    import rasterio
+    from rasterio.transform import from_origin
+    from rasterio.windows import Window
+
+    rng = np.random.default_rng(seed)
+    colours = [object_colour(rng) for _ in boxes]
+    profile = dict(
+        driver="GTiff", width=size, height=size, count=3, dtype="uint8", tiled=True,
+        blockxsize=256, blockysize=256, compress="deflate",
+    )  # fmt: skip
+    if crs:
+        profile.update(crs=crs, transform=from_origin(*origin, pixel_metres, pixel_metres))
+    with rasterio.open(path, "w", **profile) as image:
+        for top in range(0, size, band_rows):
+            rows = min(band_rows, size - top)
+            band = rng.integers(0, 90, size=(rows, size, 3), dtype=np.uint8)
+            for (x1, y1, x2, y2), colour in zip(boxes, colours):
+                # the part of the box in this band
+                band[max(y1, top) - top : max(min(y2, top + rows) - top, 0), x1:x2] = colour
+            image.write(band.transpose(2, 0, 1), window=Window(0, top, size, rows))
+    return path

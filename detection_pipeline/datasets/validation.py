@@ -1,15 +1,21 @@
 """Checks of user inputs (images, COCO datasets, paths) before any work is done on them."""
 
+import dataclasses
 import json
 from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
+from rasterio.errors import RasterioError
 
 from ..errors import InputError
+from .rasters import open_raster, unsupported_layout
 from .synthetic import ANNOTATIONS_FILE, IMAGES_DIR
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
+# Tiled GeoTIFFs are read by window; Pillow cannot read many of them (e.g. JPEG-in-TIFF).
+PILLOW_CHECKED = (".jpg", ".jpeg", ".png")
 VAL_ANNOTATIONS_FILE = "val.json"
+TEST_ANNOTATIONS_FILE = "test.json"
 
 
 def confine(path: str | Path, roots: tuple[Path, ...], what: str) -> Path:
@@ -25,11 +31,21 @@ def confine(path: str | Path, roots: tuple[Path, ...], what: str) -> Path:
 
 
 def image_problem(path: Path) -> str | None:
-    """What is wrong with an image file, or None when it reads as one."""
+    """What is wrong with an image file, or None when it reads as one.
+
+    Any image opens by its header (rasterio); one small enough for Pillow is also checked
+    through to its end, which finds truncated files. A huge one would take as long to check
+    as to detect on."""
     try:
-        with Image.open(path) as image:
-            image.verify()
-    except (UnidentifiedImageError, OSError, SyntaxError) as error:
+        with open_raster(path) as dataset:
+            layout = unsupported_layout(dataset)
+            pixels = dataset.width * dataset.height
+        if layout:
+            return f"{path.name} ({layout})"
+        if pixels <= Image.MAX_IMAGE_PIXELS and path.suffix.lower() in PILLOW_CHECKED:
+            with Image.open(path) as image:
+                image.verify()
+    except (RasterioError, UnidentifiedImageError, OSError, SyntaxError) as error:
         return f"{path.name} ({error})"
     return None
 
@@ -107,11 +123,19 @@ def load_coco(path: Path, images_dir: Path) -> dict:
     return coco
 
 
-def dataset_files(dataset: str, roots: tuple[Path, ...]) -> tuple[Path, Path, Path | None]:
-    """(annotations, images folder, optional validation annotations) of a dataset folder.
+@dataclasses.dataclass(frozen=True)
+class DatasetFiles:
+    annotations: Path
+    images_dir: Path
+    val: Path | None  # given validation annotations: the dataset is split already
+    test: Path | None
 
-    A dataset folder holds annotations.json and images/ (what `make-dataset` writes), and may
-    hold val.json with validation annotations over the same images/ folder.
+
+def dataset_files(dataset: str, roots: tuple[Path, ...]) -> DatasetFiles:
+    """The files of a dataset folder: annotations.json and images/ (what `make-dataset` writes).
+
+    A folder split already also holds val.json, and may hold test.json, with annotations over
+    the same images/ folder; annotations.json is then the training part.
     """
     folder = confine(dataset, roots, "dataset")
     annotations, images_dir = folder / ANNOTATIONS_FILE, folder / IMAGES_DIR
@@ -122,5 +146,13 @@ def dataset_files(dataset: str, roots: tuple[Path, ...]) -> tuple[Path, Path, Pa
             f"dataset folder {dataset} needs {ANNOTATIONS_FILE} (COCO) and an {IMAGES_DIR}/ folder; "
             "`detection-pipeline make-dataset` shows the layout"
         )
-    val = folder / VAL_ANNOTATIONS_FILE
-    return annotations, images_dir, val if val.is_file() else None
+    val, test = folder / VAL_ANNOTATIONS_FILE, folder / TEST_ANNOTATIONS_FILE
+    if test.is_file() and not val.is_file():
+        raise InputError(
+            f"dataset folder {dataset} has {TEST_ANNOTATIONS_FILE} but no "
+            f"{VAL_ANNOTATIONS_FILE}: add one, or remove {TEST_ANNOTATIONS_FILE} to have the "
+            "dataset split 70/20/10"
+        )
+    return DatasetFiles(
+        annotations, images_dir, val if val.is_file() else None, test if test.is_file() else None
+    )

@@ -18,8 +18,10 @@ from dagster import (
 )
 from pydantic import Field
 
-from ..datasets.validation import find_images
-from ..mmdet_runner.specs import COCO_RESULTS_FILE, DETECTIONS_FILE, DRAWN_DIR, InferSpec
+from ..datasets.validation import confine, find_images
+from ..detections import COCO_RESULTS_FILE, DETECTIONS_FILE, GEOJSON_DIR
+from ..ignore_zones import read_ignore_zones
+from ..mmdet_runner.specs import DRAWN_DIR, InferSpec
 from ..models import ModelFiles, resolve_model
 from ..records import RecordStore, record_store
 from ..records.schema import Kind
@@ -40,12 +42,38 @@ class DetectConfig(Config):
     )
     checkpoint_path: str = Field(default="", description="… and its checkpoint (.pth).")
     score_threshold: float = Field(
-        default=0.3, ge=0.0, le=1.0, description="Detections scoring lower are left out."
+        default=0.3,
+        ge=0.0,
+        le=1.0,
+        description="Detections scoring lower are set aside (kept in detections.json under "
+        "`below_threshold`; `detection-pipeline export` applies another threshold later).",
     )
     device: str = Field(
         default="cpu", pattern=r"^(cpu|cuda(:\d+)?)$", description="`cpu`, `cuda` or `cuda:N`."
     )
-    batch_size: int = Field(default=4, ge=1, description="Images per inference batch.")
+    batch_size: int = Field(
+        default=4, ge=1, description="Patches (or small images) per inference batch."
+    )
+    patch_size: int = Field(
+        default=1280,
+        ge=32,
+        description="Images larger than this many pixels a side are cut into patches this size.",
+    )
+    patch_overlap: float = Field(
+        default=0.25, ge=0.0, lt=1.0, description="Share of a patch its neighbours overlap."
+    )
+    nms_iou: float = Field(
+        default=0.25,
+        gt=0.0,
+        le=1.0,
+        description="Patch results are merged by NMS: of two boxes overlapping more than this "
+        "IoU, the lower-scoring one goes.",
+    )
+    ignore_zones: str = Field(
+        default="",
+        description="A GeoJSON of polygons (in its named CRS, else the image's) inside the "
+        "allowed data folders: detections touching them are flagged `in_ignore_zone`.",
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,7 +88,8 @@ def _stage(images: list[Path], staging: Path) -> list[str]:
     hard links: making and removing one changes the image's ctime, which the inbox sensor
     would take for a new file."""
     staging.mkdir(parents=True, exist_ok=True)
-    names_collide = len({image.name for image in images}) < len(images)
+    # Outputs are named by stem (vis/NAME.png, geojson/NAME.geojson): stems must not collide.
+    names_collide = len({image.stem for image in images}) < len(images)
     staged = []
     for index, image in enumerate(images):
         target = staging / (f"{index:05d}_{image.name}" if names_collide else image.name)
@@ -72,14 +101,20 @@ def _stage(images: list[Path], staging: Path) -> list[str]:
     return staged
 
 
-def check_inputs(
+def check_detection_inputs(
     config: DetectConfig, store: RecordStore, roots: tuple[Path, ...]
-) -> tuple[ModelFiles, list[Path]]:
-    """The model's files and the images; raises InputError. Submission checks the same."""
+) -> tuple[ModelFiles, list[Path], Path | None]:
+    """The model's files, the images and the ignore zones' file (or None); raises InputError.
+
+    Submission checks the same."""
     model = resolve_model(
         store, roots, config.model, config.model_config_path, config.checkpoint_path
     )
-    return model, find_images(config.images, roots)
+    zones = None
+    if config.ignore_zones:
+        zones = confine(config.ignore_zones, roots, "ignore zones file")
+        read_ignore_zones(zones)
+    return model, find_images(config.images, roots), zones
 
 
 @op(out=Out(DetectionPlan))
@@ -91,7 +126,9 @@ def prepare_inputs(
         context, folders, Kind.DETECTION.value, config.model_dump(), config.model or None
     )
     with bad_input_fails_the_run():
-        model, images = check_inputs(config, record_store(context.instance), folders.roots)
+        model, images, zones = check_detection_inputs(
+            config, record_store(context.instance), folders.roots
+        )
     run_dir = folders.run_dir(record.id)
     spec = InferSpec(
         config=str(model.config),
@@ -101,6 +138,12 @@ def prepare_inputs(
         score_threshold=config.score_threshold,
         batch_size=config.batch_size,
         device=config.device,
+        patch_size=config.patch_size,
+        patch_overlap=config.patch_overlap,
+        nms_iou=config.nms_iou,
+        ignore_zones=str(zones or ""),
+        record_id=record.id,
+        run_id=context.run_id,
     )
     context.add_output_metadata(
         {
@@ -126,21 +169,24 @@ def run_inference(
 def collect_detections(context: OpExecutionContext, plan: DetectionPlan) -> int:
     """Reports what was found: counts per class, speed, and where the files are."""
     detections = json.loads((plan.run_dir / DETECTIONS_FILE).read_text())
-    per_class = collections.Counter(
-        d["class"] for image in detections["images"] for d in image["detections"]
-    )
-    context.add_output_metadata(
-        {
-            "images": len(detections["images"]),
-            "detections": sum(per_class.values()),
-            "seconds": detections["seconds"],
-            "images/s": round(len(detections["images"]) / max(detections["seconds"], 1e-9), 2),
-            "per class": MetadataValue.json(dict(per_class)),
-            "detections.json": MetadataValue.path(str(plan.run_dir / DETECTIONS_FILE)),
-            "COCO results": MetadataValue.path(str(plan.run_dir / COCO_RESULTS_FILE)),
-            "drawn images": MetadataValue.path(str(plan.run_dir / DRAWN_DIR)),
-        }
-    )
+    kept = [d for image in detections["images"] for d in image["detections"]]
+    per_class = collections.Counter(d["class"] for d in kept)
+    metadata = {
+        "images": len(detections["images"]),
+        "patches": sum(image["patches"] for image in detections["images"]),
+        "detections": len(kept),
+        "in ignore zones": sum(d.get("in_ignore_zone", False) for d in kept),
+        "below threshold": sum(len(image["below_threshold"]) for image in detections["images"]),
+        "seconds": detections["seconds"],
+        "images/s": round(len(detections["images"]) / max(detections["seconds"], 1e-9), 2),
+        "per class": MetadataValue.json(dict(per_class)),
+        "detections.json": MetadataValue.path(str(plan.run_dir / DETECTIONS_FILE)),
+        "COCO results": MetadataValue.path(str(plan.run_dir / COCO_RESULTS_FILE)),
+        "drawn images": MetadataValue.path(str(plan.run_dir / DRAWN_DIR)),
+    }
+    if (plan.run_dir / GEOJSON_DIR).is_dir():
+        metadata["GeoJSON"] = MetadataValue.path(str(plan.run_dir / GEOJSON_DIR))
+    context.add_output_metadata(metadata)
     return plan.record_id
 
 

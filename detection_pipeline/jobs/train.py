@@ -20,8 +20,16 @@ from pydantic import Field
 from ..datasets.split import split_coco
 from ..datasets.validation import dataset_files, load_coco
 from ..errors import InputError
-from ..mmdet_runner.specs import BEST_METRIC, CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE, TrainSpec
-from ..records import record_store
+from ..mmdet_runner.specs import (
+    BEST_METRIC,
+    CHECKPOINT_FILE,
+    CONFIG_FILE,
+    METRICS_FILE,
+    TINY_CONFIG,
+    TrainSpec,
+)
+from ..models import ModelFiles, resolve_model
+from ..records import RecordStore, record_store
 from ..records.schema import Kind
 from ..resources import MMDetRunner, RunFolders
 from .record_lifecycle import bad_input_fails_the_run, cleanup, record_failure, start_record
@@ -33,14 +41,38 @@ CURVE_FILE = "training_curve.png"
 
 class TrainConfig(Config):
     dataset: str = Field(
-        description="A dataset folder: annotations.json (COCO), images/, optional val.json."
+        description="A dataset folder: annotations.json (COCO) and images/; split 70/20/10 "
+        "into train/val/test unless it holds val.json (and optionally test.json) already."
     )
     name: str = Field(
         description="Name to register the trained model under; detection runs use it."
     )
+    base_model: str = Field(
+        default="",
+        description="Fine-tune a registered model (`name` or `name:version`) instead of "
+        "training from scratch. `detection-pipeline models` lists them.",
+    )
+    base_config_path: str = Field(
+        default="", description="Or fine-tune from an MMDetection config file …"
+    )
+    base_checkpoint_path: str = Field(
+        default="", description="… and its checkpoint (.pth), loaded with `load_from`."
+    )
+    frozen_stages: int | None = Field(
+        default=None,
+        ge=-1,
+        le=4,
+        description="Backbone stages not trained: -1 none, 0 the stem, N the stem and stages "
+        "1..N. Empty: what the base config says (1 for the tiny default).",
+    )
     epochs: int = Field(default=30, ge=1, description="Training epochs.")
-    learning_rate: float = Field(default=0.01, gt=0, description="SGD learning rate.")
-    batch_size: int = Field(default=2, ge=1, description="Images per training batch.")
+    learning_rate: float | None = Field(
+        default=None,
+        gt=0,
+        description="Learning rate of the base config's optimizer. Empty: its own rate "
+        "(AdamW 0.001 for the tiny default).",
+    )
+    batch_size: int = Field(default=4, ge=1, description="Images per training batch.")
     image_size: int = Field(
         default=128, ge=32, description="Images are resized to fit this square."
     )
@@ -48,7 +80,15 @@ class TrainConfig(Config):
         default=0.2,
         gt=0,
         lt=1,
-        description="Share of images kept for validation when the dataset has no val.json.",
+        description="Share of images for validation (picks the best epoch) when the dataset "
+        "has no val.json.",
+    )
+    test_fraction: float = Field(
+        default=0.1,
+        ge=0,
+        lt=1,
+        description="Share of images for the test metrics after training, when the dataset "
+        "has no val.json.",
     )
     seed: int = Field(default=0, description="Seed of the split and of training.")
     device: str = Field(
@@ -57,10 +97,21 @@ class TrainConfig(Config):
 
 
 @dataclasses.dataclass(frozen=True)
+class TrainingInputs:
+    images_dir: Path
+    train: dict
+    val: dict
+    test: dict | None  # no test metrics without
+    classes: list[str]
+    base: ModelFiles | None  # None: from scratch
+
+
+@dataclasses.dataclass(frozen=True)
 class TrainingPlan:
     record_id: int
     run_dir: Path
     name: str
+    base: str | None
     spec: TrainSpec
 
     @property
@@ -68,51 +119,78 @@ class TrainingPlan:
         return Path(self.spec.work_dir)
 
 
-def check_dataset(config: TrainConfig, roots: tuple[Path, ...]) -> tuple[Path, dict, dict | None]:
-    """(images folder, annotations, validation annotations or None); raises InputError.
+def _base_model(config: TrainConfig, store: RecordStore, roots: tuple[Path, ...]):
+    if not (config.base_model or config.base_config_path or config.base_checkpoint_path):
+        return None
+    return resolve_model(
+        store, roots, config.base_model, config.base_config_path, config.base_checkpoint_path
+    )
+
+
+def check_training_inputs(
+    config: TrainConfig, store: RecordStore, roots: tuple[Path, ...]
+) -> TrainingInputs:
+    """The dataset, split as training will use it, and the base model; raises InputError.
 
     Submission checks the same."""
     if not MODEL_NAME.match(config.name):
         raise InputError(
             f"model name {config.name!r} is not allowed: use letters, digits, '_', '-', '.' (64 at most)"
         )
-    annotations, images_dir, val_annotations = dataset_files(config.dataset, roots)
-    coco = load_coco(annotations, images_dir)
-    return images_dir, coco, load_coco(val_annotations, images_dir) if val_annotations else None
-
-
-def _write_split(
-    config: TrainConfig, staging: Path, roots: tuple[Path, ...]
-) -> tuple[Path, Path, Path, list[str]]:
-    """(images folder, train annotations, val annotations, classes) with the annotations in staging."""
-    images_dir, coco, val = check_dataset(config, roots)
-    train = coco
-    if val is None:
-        train, val = split_coco(coco, config.val_fraction, config.seed)
-    staging.mkdir(parents=True, exist_ok=True)
-    (staging / "train.json").write_text(json.dumps(train))
-    (staging / "val.json").write_text(json.dumps(val))
+    if config.val_fraction + config.test_fraction >= 1:
+        raise InputError(
+            f"val_fraction {config.val_fraction} and test_fraction {config.test_fraction} leave "
+            "no images for training: make their sum less than 1"
+        )
+    base = _base_model(config, store, roots)
+    files = dataset_files(config.dataset, roots)
+    coco = load_coco(files.annotations, files.images_dir)
+    if files.val:
+        train, val = coco, load_coco(files.val, files.images_dir)
+        test = load_coco(files.test, files.images_dir) if files.test else None
+    else:
+        train, val, test = split_coco(coco, config.val_fraction, config.test_fraction, config.seed)
     classes = [c["name"] for c in sorted(coco["categories"], key=lambda category: category["id"])]
-    return images_dir, staging / "train.json", staging / "val.json", classes
+    return TrainingInputs(
+        files.images_dir, train, val, test if test and test["images"] else None, classes, base
+    )
+
+
+def _write_annotations(staging: Path, parts: dict[str, dict | None]) -> dict[str, str]:
+    """Each part's annotations as staging/PART.json; '' for a part there is not."""
+    staging.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for part, coco in parts.items():
+        paths[part] = ""
+        if coco is not None:
+            (staging / f"{part}.json").write_text(json.dumps(coco))
+            paths[part] = str(staging / f"{part}.json")
+    return paths
 
 
 @op(out=Out(TrainingPlan))
 def prepare_dataset(
     context: OpExecutionContext, config: TrainConfig, folders: RunFolders
 ) -> TrainingPlan:
-    """Checks the COCO dataset and splits it into training and validation when it has no split."""
+    """Checks the COCO dataset and the base model, and splits the dataset when it has no split."""
     record = start_record(context, folders, Kind.TRAINING.value, config.model_dump(), config.name)
     with bad_input_fails_the_run():
-        images_dir, train, val, classes = _write_split(
-            config, folders.staging_dir(record.id), folders.roots
-        )
+        inputs = check_training_inputs(config, record_store(context.instance), folders.roots)
+    annotations = _write_annotations(
+        folders.staging_dir(record.id),
+        {"train": inputs.train, "val": inputs.val, "test": inputs.test},
+    )
     run_dir = folders.run_dir(record.id)
     spec = TrainSpec(
         work_dir=str(run_dir / "work"),
-        images_dir=str(images_dir),
-        train_annotations=str(train),
-        val_annotations=str(val),
-        classes=classes,
+        images_dir=str(inputs.images_dir),
+        train_annotations=annotations["train"],
+        val_annotations=annotations["val"],
+        test_annotations=annotations["test"],
+        classes=inputs.classes,
+        base_config=str(inputs.base.config) if inputs.base else str(TINY_CONFIG),
+        load_from=str(inputs.base.checkpoint) if inputs.base else "",
+        frozen_stages=config.frozen_stages,
         epochs=config.epochs,
         learning_rate=config.learning_rate,
         batch_size=config.batch_size,
@@ -123,11 +201,17 @@ def prepare_dataset(
     context.add_output_metadata(
         {
             "record id": record.id,
-            "classes": MetadataValue.json(classes),
+            "classes": MetadataValue.json(inputs.classes),
+            "base model": inputs.base.label if inputs.base else "none (from scratch)",
+            "images (train/val/test)": "/".join(
+                str(len(part["images"])) if part else "0"
+                for part in (inputs.train, inputs.val, inputs.test)
+            ),
             "run folder": MetadataValue.path(str(run_dir)),
         }
     )
-    return TrainingPlan(record.id, run_dir, config.name, spec)
+    base = inputs.base.label if inputs.base else None
+    return TrainingPlan(record.id, run_dir, config.name, base, spec)
 
 
 @op(out=Out(TrainingPlan))
@@ -153,6 +237,8 @@ def collect_training(context: OpExecutionContext, plan: TrainingPlan) -> Trainin
         {
             "best epoch": metrics["best_epoch"],
             "bbox mAP": metrics["bbox_mAP"],
+            "test bbox mAP": metrics["test"].get(BEST_METRIC, "no test images"),
+            "test metrics": MetadataValue.json(metrics["test"]),
             "epochs": MetadataValue.md(_epochs_table(metrics["epochs"])),
             "training curve": MetadataValue.path(str(curve)),
         }
@@ -177,7 +263,10 @@ def register_model(context: OpExecutionContext, plan: TrainingPlan, folders: Run
         metrics={
             "best_epoch": metrics["best_epoch"],
             "bbox_mAP": metrics["bbox_mAP"],
+            "test": metrics["test"],
             "epochs": metrics["epochs"],
+            "base_model": plan.base,
+            "frozen_stages": plan.spec.frozen_stages,
         },
         training_record_id=plan.record_id,
     )

@@ -47,25 +47,34 @@ def _dataloader(spec: TrainSpec, annotations: str, pipeline: list[dict], train: 
 
 
 def build_train_config(spec: TrainSpec) -> Config:
+    """The base config (the tiny default, or a base model's) set up for this run's data.
+
+    A base model's weights come in through `load_from`; heads whose shape changes with the
+    number of classes start fresh (mmengine loads what fits and names the rest in the log)."""
     cfg = Config.fromfile(spec.base_config)
     train_pipeline, test_pipeline = _pipelines(spec.image_size)
     cfg.model.bbox_head.num_classes = len(spec.classes)
+    if spec.frozen_stages is not None:
+        cfg.model.backbone.frozen_stages = spec.frozen_stages
+    cfg.load_from = spec.load_from or None
+    cfg.resume = False
     cfg.work_dir = spec.work_dir
     cfg.randomness = dict(seed=spec.seed)
     cfg.train_dataloader = _dataloader(spec, spec.train_annotations, train_pipeline, train=True)
     cfg.val_dataloader = _dataloader(spec, spec.val_annotations, test_pipeline, train=False)
-    # Inference (DetInferencer) takes its pipeline from the test dataloader.
-    cfg.test_dataloader = cfg.val_dataloader
     cfg.val_evaluator = dict(type="CocoMetric", ann_file=spec.val_annotations, metric="bbox")
-    cfg.test_evaluator = cfg.val_evaluator
+    # Inference (DetInferencer) takes its pipeline from the test dataloader, so there is one
+    # even without test images.
+    test_annotations = spec.test_annotations or spec.val_annotations
+    cfg.test_dataloader = _dataloader(spec, test_annotations, test_pipeline, train=False)
+    cfg.test_evaluator = dict(type="CocoMetric", ann_file=test_annotations, metric="bbox")
     cfg.train_cfg = dict(type="EpochBasedTrainLoop", max_epochs=spec.epochs, val_interval=1)
     cfg.val_cfg = dict(type="ValLoop")
     cfg.test_cfg = dict(type="TestLoop")
-    cfg.optim_wrapper = dict(
-        type="OptimWrapper",
-        optimizer=dict(type="SGD", lr=spec.learning_rate, momentum=0.9, weight_decay=0.0001),
-        clip_grad=dict(max_norm=35, norm_type=2),
-    )
+    # The optimizer is the base config's (AdamW for the tiny default; a base model's own);
+    # a given learning rate overrides its rate.
+    if spec.learning_rate is not None:
+        cfg.optim_wrapper.optimizer.lr = spec.learning_rate
     cfg.param_scheduler = []  # constant rate: the short schedules here have no room for warmup
     cfg.default_hooks.logger.interval = 10
     # Only the best epoch's weights are kept: no periodic or last checkpoints, and the hook

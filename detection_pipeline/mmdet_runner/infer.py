@@ -1,96 +1,158 @@
-"""Detection in the child process: DetInferencer over the staged images, in batches."""
+"""Detection in the child process: sliced inference over images of any size.
 
-import json
+Every image is cut into overlapping patches (one patch when it fits); patches of all images
+stream through DetInferencer in batches, so small images batch as well as the patches of a
+large one. A large image's patch results are merged with NMS (mmdet's large-image helper), so
+an object on a patch border is reported once.
+"""
+
+import dataclasses
+import itertools
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from mmdet.apis import DetInferencer
+from mmdet.utils.large_image import merge_results_by_nms
 
-from .specs import COCO_RESULTS_FILE, DETECTIONS_FILE, InferSpec
+from ..datasets.rasters import RasterInfo, open_raster, raster_info
+from ..detections import split_by_score, write_outputs
+from ..ignore_zones import IgnoreZones, flag_ignored, read_ignore_zones
+from .drawing import draw_detections
+from .large_image import Overview, Patch, iter_patches, patch_windows
+from .specs import DRAWN_DIR, InferSpec
+
+PROGRESS_SECONDS = 5.0
+
+
+@dataclasses.dataclass
+class ImageWork:
+    """One image on its way through: its patches' results arrive batch by batch."""
+
+    id: int
+    path: Path
+    info: RasterInfo
+    windows: list[tuple[int, int, int, int]]
+    overview: Overview
+    results: list = dataclasses.field(default_factory=list)
+
+    @property
+    def done(self) -> bool:
+        return len(self.results) == len(self.windows)
+
+
+class Progress:
+    """Progress lines for the run log: at most one every PROGRESS_SECONDS, and the last."""
+
+    def __init__(self, report):
+        self.report = report
+        self.last = 0.0
+
+    def __call__(self, message: str, final: bool = False) -> None:
+        if final or time.monotonic() - self.last >= PROGRESS_SECONDS:
+            self.report(message)
+            self.last = time.monotonic()
+
+
+def _patch_stream(spec: InferSpec) -> Iterator[tuple[ImageWork, Patch]]:
+    """(image, patch) for every patch of every image, each image open only while it is read."""
+    for index, path in enumerate(spec.images, start=1):
+        with open_raster(path) as dataset:
+            info = raster_info(dataset)
+            windows = patch_windows(info.width, info.height, spec.patch_size, spec.patch_overlap)
+            work = ImageWork(index, Path(path), info, windows, Overview(info.width, info.height))
+            for patch in iter_patches(dataset, windows, work.overview):
+                yield work, patch
+
+
+def _batches(items: Iterator, size: int) -> Iterator[list]:
+    while batch := list(itertools.islice(items, size)):
+        yield batch
+
+
+def merged_instances(work: ImageWork, nms_iou: float):
+    """The image's detections: its patches' results in image coordinates, merged by NMS."""
+    # mmcv's NMS fails on no boxes at all; patches without any add nothing anyway.
+    found = [(offset, sample) for offset, sample in work.results if len(sample.pred_instances)]
+    if len(work.results) == 1 or not found:  # a small image, or nothing found: nothing to merge
+        return work.results[0][1].pred_instances
+    offsets, samples = zip(*found)
+    merged = merge_results_by_nms(
+        list(samples),
+        list(offsets),
+        (work.info.height, work.info.width),
+        dict(type="nms", iou_threshold=nms_iou),
+    )
+    return merged.pred_instances
 
 
 def _image_result(
-    image_id: int, path: str, prediction: dict, classes: list[str], threshold: float
+    work: ImageWork, spec: InferSpec, classes: list[str], zones: IgnoreZones | None
 ) -> dict:
-    height, width = prediction["shape"]
+    instances = merged_instances(work, spec.nms_iou)
     detections = [
         {"box": [round(v, 2) for v in box], "score": round(score, 4), "class": classes[label]}
         for box, score, label in zip(
-            prediction["bboxes"], prediction["scores"], prediction["labels"]
+            instances.bboxes.tolist(), instances.scores.tolist(), instances.labels.tolist()
         )
-        if score >= threshold
     ]
+    if zones and work.info.crs:
+        flag_ignored(detections, zones, work.info.crs, work.info.transform)
+    kept, below = split_by_score(detections, spec.score_threshold)
+    draw_detections(work.overview, kept, Path(spec.out_dir) / DRAWN_DIR / f"{work.path.stem}.png")
     return {
-        "id": image_id,
-        "file": Path(path).name,
-        "width": width,
-        "height": height,
-        "detections": detections,
+        "id": work.id,
+        "file": work.path.name,
+        "width": work.info.width,
+        "height": work.info.height,
+        "patches": len(work.windows),
+        "crs": work.info.crs,
+        "transform": work.info.transform,
+        "detections": kept,
+        "below_threshold": below,
     }
 
 
-def _coco_results(image: dict, classes: list[str]) -> list[dict]:
-    """The image's detections in COCO results format; image ids are those in detections.json."""
-    results = []
-    for detection in image["detections"]:
-        x1, y1, x2, y2 = detection["box"]
-        results.append(
-            {
-                "image_id": image["id"],
-                "category_id": classes.index(detection["class"]) + 1,
-                "bbox": [x1, y1, round(x2 - x1, 2), round(y2 - y1, 2)],
-                "score": detection["score"],
-            }
-        )
-    return results
-
-
 def infer(spec: InferSpec, device: str, report) -> dict:
-    """Writes detections.json, detections_coco.json and drawn images into spec.out_dir."""
-    out_dir = Path(spec.out_dir)
+    """Writes detections.json, the COCO results, GeoJSON and drawn images into spec.out_dir."""
     started_at = time.time()  # wall clock: compared across runs by bench/queue_bench.py
     inferencer = DetInferencer(
         model=spec.config, weights=spec.checkpoint, device=device, show_progress=False
     )
     classes = list(inferencer.model.dataset_meta["classes"])
+    zones = read_ignore_zones(Path(spec.ignore_zones)) if spec.ignore_zones else None
+    progress = Progress(report)
     started = time.monotonic()
     images: list[dict] = []
-    for start in range(0, len(spec.images), spec.batch_size):
-        batch = spec.images[start : start + spec.batch_size]
-        result = inferencer(
-            batch,
+    for batch in _batches(_patch_stream(spec), spec.batch_size):
+        samples = inferencer(
+            [patch.pixels for _, patch in batch],
             batch_size=spec.batch_size,
-            pred_score_thr=spec.score_threshold,
-            out_dir=str(out_dir),
-            no_save_pred=True,
+            no_save_vis=True,
             return_datasamples=True,
-        )
-        for path, sample in zip(batch, result["predictions"]):
-            instances = sample.pred_instances
-            prediction = {
-                "shape": sample.ori_shape,
-                "bboxes": instances.bboxes.tolist(),
-                "scores": instances.scores.tolist(),
-                "labels": instances.labels.tolist(),
-            }
-            images.append(
-                _image_result(len(images) + 1, path, prediction, classes, spec.score_threshold)
-            )
-        report(f"detected on {len(images)}/{len(spec.images)} images")
+        )["predictions"]
+        for (work, patch), sample in zip(batch, samples):
+            work.results.append((patch.offset, sample))
+            if work.done:
+                images.append(_image_result(work, spec, classes, zones))
+        if len(work.windows) > 1 and not work.done:
+            progress(f"{work.path.name}: {len(work.results)}/{len(work.windows)} patches")
+        else:
+            progress(f"detected on {len(images)}/{len(spec.images)} images")
+    progress(f"detected on {len(images)}/{len(spec.images)} images", final=True)
     seconds = time.monotonic() - started
-    coco_results = [result for image in images for result in _coco_results(image, classes)]
-    (out_dir / DETECTIONS_FILE).write_text(
-        json.dumps(
-            {
-                "classes": classes,
-                "score_threshold": spec.score_threshold,
-                "seconds": round(seconds, 3),
-                "started_at": started_at,
-                "finished_at": time.time(),
-                "images": images,
-            },
-            indent=1,
-        )
-    )
-    (out_dir / COCO_RESULTS_FILE).write_text(json.dumps(coco_results))
-    return {"images": len(images), "seconds": round(seconds, 3)}
+    detections = {
+        "classes": classes,
+        "score_threshold": spec.score_threshold,
+        "patch_size": spec.patch_size,
+        "patch_overlap": spec.patch_overlap,
+        "nms_iou": spec.nms_iou,
+        "record_id": spec.record_id,
+        "run_id": spec.run_id,
+        "seconds": round(seconds, 3),
+        "started_at": started_at,
+        "finished_at": time.time(),
+        "images": images,
+    }
+    geojson = write_outputs(detections, Path(spec.out_dir))
+    return {"images": len(images), "seconds": round(seconds, 3), "geojson files": len(geojson)}

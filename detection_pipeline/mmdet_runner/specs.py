@@ -17,9 +17,7 @@ BEST_METRIC = "coco/bbox_mAP"
 METRICS_FILE = "metrics.json"
 CONFIG_FILE = "config.py"
 CHECKPOINT_FILE = "best.pth"
-DETECTIONS_FILE = "detections.json"
-COCO_RESULTS_FILE = "detections_coco.json"
-DRAWN_DIR = "vis"  # where DetInferencer draws
+DRAWN_DIR = "vis"  # drawn images; detections.py names the other outputs
 # The run worker's pid, which the child dies with.
 RUN_WORKER_PID_ENV = "DETECTION_PIPELINE_RUN_WORKER_PID"
 
@@ -31,10 +29,13 @@ class TrainSpec:
     train_annotations: str
     val_annotations: str
     classes: list[str]
+    test_annotations: str = ""  # no test metrics without
     base_config: str = str(TINY_CONFIG)
+    load_from: str = ""  # a base model's checkpoint to fine-tune; empty: from scratch
+    frozen_stages: int | None = None  # None: the base config's
     epochs: int = 30
-    learning_rate: float = 0.01
-    batch_size: int = 2
+    learning_rate: float | None = None  # None: the base config's
+    batch_size: int = 4
     image_size: int = 128
     seed: int = 0
     device: str = "cpu"
@@ -49,8 +50,17 @@ class InferSpec:
     images: list[str]
     out_dir: str
     score_threshold: float = 0.3
-    batch_size: int = 4
+    batch_size: int = 4  # patches per inference batch
     device: str = "cpu"
+    # Sliced inference, as in the app this product replaces: images larger than a patch are
+    # cut into overlapping patches whose results are merged with NMS at this IoU.
+    patch_size: int = 1280
+    patch_overlap: float = 0.25
+    nms_iou: float = 0.25
+    ignore_zones: str = ""  # a GeoJSON of areas whose detections are flagged
+    # Written into the outputs (GeoJSON properties), so a file tells which run made it.
+    record_id: int = 0
+    run_id: str = ""
 
     action = "infer"
 

@@ -37,8 +37,22 @@ class EpochMetricsHook(Hook):
         )
 
 
+def _test_metrics(runner: Runner, spec: TrainSpec, report) -> dict:
+    """The best weights' metrics on the test images; {} when there are none."""
+    if not spec.test_annotations:
+        report("no test images: no test metrics")
+        return {}
+    # CocoMetric gives nothing when the model detected nothing: that scores 0.
+    metrics = {BEST_METRIC: 0.0, **{key: float(value) for key, value in runner.test().items()}}
+    report(f"test: bbox mAP {metrics[BEST_METRIC]:.3f}")
+    return metrics
+
+
 def train(spec: TrainSpec, report) -> dict:
-    """Trains, then leaves config.py, best.pth and metrics.json in spec.work_dir."""
+    """Trains, then leaves config.py, best.pth and metrics.json in spec.work_dir.
+
+    The checkpoint hook keeps only the best epoch's weights (by bbox mAP on the validation
+    images), deleting the one it beats; those weights are then scored on the test images."""
     work_dir = Path(spec.work_dir)
     cfg = build_train_config(spec)
     runner = Runner.from_cfg(cfg)
@@ -50,6 +64,7 @@ def train(spec: TrainSpec, report) -> dict:
     if best_checkpoints:
         best = max(metrics_hook.epochs, key=lambda epoch: epoch.get(BEST_METRIC, -1.0))
         shutil.move(best_checkpoints[-1], work_dir / CHECKPOINT_FILE)
+        runner.load_checkpoint(str(work_dir / CHECKPOINT_FILE))
     else:
         # No epoch produced a detection to score (a short first training does that): the
         # last weights are the best there is.
@@ -58,11 +73,13 @@ def train(spec: TrainSpec, report) -> dict:
         runner.save_checkpoint(
             str(work_dir), CHECKPOINT_FILE, save_optimizer=False, save_param_scheduler=False
         )
+    test_metrics = _test_metrics(runner, spec, report)
     cfg.dump(str(work_dir / CONFIG_FILE))
     summary = {
         "epochs": metrics_hook.epochs,
         "best_epoch": best["epoch"],
         "bbox_mAP": best.get(BEST_METRIC, 0.0),
+        "test": test_metrics,
         "classes": list(spec.classes),
         "config": str(work_dir / CONFIG_FILE),
         "checkpoint": str(work_dir / CHECKPOINT_FILE),

@@ -5,10 +5,12 @@ queue and priority; the daemon's QueuedRunCoordinator launches it when it is its
 """
 
 import contextlib
+import dataclasses
 import datetime as dt
+import json
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pydantic
@@ -16,20 +18,31 @@ from dagster import DagsterEventType, DagsterInstance, DagsterRun, DagsterRunSta
 
 from .. import run_tags
 from ..dagster_services import DEFINITIONS_MODULE
+from ..detections import DETECTIONS_FILE, rethreshold, write_outputs
 from ..errors import InputError, NotAllowed, validation_problems
 from ..jobs.child_process import close_abandoned_log
-from ..jobs.detect import DetectConfig, check_inputs
-from ..jobs.train import TrainConfig, check_dataset
+from ..jobs.detect import DetectConfig, check_detection_inputs
+from ..jobs.train import TrainConfig, check_training_inputs
 from ..settings import QUEUE_OF_KIND, Settings
 from . import record_store
 from .adoption import adopt_run
 from .files import remove_model_folder, remove_run_folder
 from .schema import ACTIVE_STATUSES, FINAL_STATUSES, Kind, RunRecord, Status, utcnow
 
-# kind -> (job name, the op that takes the run's config, its config class)
+
+@dataclasses.dataclass(frozen=True)
+class JobOfKind:
+    job_name: str
+    config_op: str  # the op that takes the run's config
+    config_class: type
+    check_inputs: Callable  # (config, store, input roots); raises InputError
+
+
 JOBS = {
-    Kind.DETECTION.value: ("detect", "prepare_inputs", DetectConfig),
-    Kind.TRAINING.value: ("train", "prepare_dataset", TrainConfig),
+    Kind.DETECTION.value: JobOfKind(
+        "detect", "prepare_inputs", DetectConfig, check_detection_inputs
+    ),
+    Kind.TRAINING.value: JobOfKind("train", "prepare_dataset", TrainConfig, check_training_inputs),
 }
 TERMINATED = "terminated by user"
 NOT_RETRIED_TERMINATED = "a user stopped it"
@@ -126,14 +139,12 @@ def _queue_dagster_run(
 
 def run_config(kind: str, params: dict) -> dict:
     """The Dagster run config of a `kind` run with `params`."""
-    _, op_name, _ = JOBS[kind]
-    return {"ops": {op_name: {"config": params}}}
+    return {"ops": {JOBS[kind].config_op: {"config": params}}}
 
 
 def parse_params(kind: str, params: dict):
-    _, _, config_class = JOBS[kind]
     try:
-        return config_class(**params)
+        return JOBS[kind].config_class(**params)
     except pydantic.ValidationError as error:
         raise InputError(f"invalid {kind} parameters: {validation_problems(error)}") from error
 
@@ -190,10 +201,7 @@ class RunService:
         With a key, submitting again returns the first run instead of making another.
         """
         config = parse_params(kind, params)
-        if kind == Kind.DETECTION.value:
-            check_inputs(config, self.store, self.settings.input_roots)
-        else:
-            check_dataset(config, self.settings.input_roots)
+        JOBS[kind].check_inputs(config, self.store, self.settings.input_roots)
         queue = queue or QUEUE_OF_KIND[kind]
         if queue not in self.settings.queues:
             raise InputError(f"unknown queue {queue!r}; queues: {', '.join(self.settings.queues)}")
@@ -216,7 +224,7 @@ class RunService:
     def _enqueue(self, record: RunRecord) -> RunRecord:
         """Creates the record's Dagster run in the instance's queue: its first, or a
         re-execution of its last attempt. A run that cannot be queued fails its record."""
-        job_name, _, _ = JOBS[record.kind]
+        job_name = JOBS[record.kind].job_name
         tags = {
             run_tags.RECORD_ID: str(record.id),
             run_tags.QUEUE: record.queue,
@@ -311,16 +319,38 @@ class RunService:
                 self.instance.delete_run(run_id)
         self.store.delete_run(record_id)
 
+    def export_detections(self, record_id: int, score_threshold: float) -> Path:
+        """A successful detection run's outputs made again at another score threshold, in a
+        folder of the run's own (deleted with the run); returns that folder."""
+        record = self.store.get_run(record_id)
+        if record.kind != Kind.DETECTION.value or record.status != Status.SUCCESS.value:
+            raise NotAllowed(
+                f"run {record_id} is a {record.status} {record.kind} run: only successful "
+                "detection runs have detections to export"
+            )
+        if not 0 <= score_threshold <= 1:
+            raise InputError(f"score threshold {score_threshold} is not between 0 and 1")
+        run_dir = self.settings.runs_dir / str(record_id)
+        detections = json.loads((run_dir / DETECTIONS_FILE).read_text())
+        folder = run_dir / f"threshold_{score_threshold:g}"
+        write_outputs(rethreshold(detections, score_threshold), folder)
+        return folder
+
     def delete_model(self, name: str) -> int:
-        """Removes every version of a registered model; returns how many there were."""
-        users = [
+        """Removes every version of a registered model; returns how many there were.
+
+        Refused while a waiting or processing run uses it: a detection run with it, or a
+        training run fine-tuning it."""
+        active = [r for status in ACTIVE_STATUSES for r in self.store.list_runs(status=status)]
+        users = sorted(
             r.id
-            for r in self.store.list_runs(kind=Kind.DETECTION.value)
-            if r.status in ACTIVE_STATUSES and (r.model or "").partition(":")[0] == name
-        ]
+            for r in active
+            if (r.kind == Kind.DETECTION.value and (r.model or "").partition(":")[0] == name)
+            or (r.params or {}).get("base_model", "").partition(":")[0] == name
+        )
         if users:
             raise NotAllowed(
-                f"model {name} is used by waiting or processing detection runs {users}; "
+                f"model {name} is used by waiting or processing runs {users}; "
                 "cancel them or wait for them to end"
             )
         versions = self.store.delete_models(name)
@@ -399,15 +429,15 @@ class RunService:
         return changed
 
     def _adopt_queued_runs(self) -> list[int]:
-        kind_of_job = {job_name: kind for kind, (job_name, _, _) in JOBS.items()}
+        kind_of_job = {job.job_name: kind for kind, job in JOBS.items()}
         queued = self.instance.get_runs(RunsFilter(statuses=[DagsterRunStatus.QUEUED]))
         adopted = []
         for run in queued:
             if run_tags.RECORD_ID in run.tags or run.job_name not in kind_of_job:
                 continue
             kind = kind_of_job[run.job_name]
-            _, op_name, _ = JOBS[kind]
-            params = run.run_config.get("ops", {}).get(op_name, {}).get("config", {})
+            op_config = run.run_config.get("ops", {}).get(JOBS[kind].config_op, {})
+            params = op_config.get("config", {})
             adopted.append(
                 adopt_run(self.instance, self.store, run, kind, params, _model_of(params))
             )

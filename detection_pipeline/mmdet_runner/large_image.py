@@ -1,0 +1,77 @@
+"""Reading an image of any size as overlapping patches, never more than a row of them at once.
+
+rasterio (GDAL) reads GeoTIFF, PNG and JPEG by window, with the georeference when there is one;
+SAHI places the patches. Patches are read a row band at a time (full width, one patch high):
+formats stored by line (PNG, JPEG, striped TIFF) decode forward only, so reading patch by patch
+would decode the image again for every patch, and a band of a tiled GeoTIFF costs no more.
+"""
+
+import dataclasses
+import itertools
+import math
+from collections.abc import Iterator
+
+import numpy as np
+from rasterio.windows import Window
+from sahi.slicing import get_slice_bboxes
+
+# Drawn images of large inputs are overviews: their longer side at most this many pixels.
+OVERVIEW_MAX_SIDE = 2048
+
+
+@dataclasses.dataclass(frozen=True)
+class Patch:
+    offset: tuple[int, int]  # (x, y) of its top left corner in the image
+    pixels: np.ndarray  # height x width x 3, BGR (what MMDetection reads from files)
+
+
+def patch_windows(
+    width: int, height: int, patch_size: int, overlap: float
+) -> list[tuple[int, int, int, int]]:
+    """Patches (x1, y1, x2, y2) covering the image, row by row; one when the image fits in one."""
+    return [
+        tuple(window)
+        for window in get_slice_bboxes(
+            image_height=height,
+            image_width=width,
+            slice_height=patch_size,
+            slice_width=patch_size,
+            auto_slice_resolution=False,
+            overlap_height_ratio=overlap,
+            overlap_width_ratio=overlap,
+        )
+    ]
+
+
+def _as_bgr(band: np.ndarray) -> np.ndarray:
+    """bands x height x width from rasterio -> height x width x 3 BGR; gray is repeated."""
+    rgb = band[:3] if band.shape[0] >= 3 else np.repeat(band[:1], 3, axis=0)
+    return np.ascontiguousarray(rgb[::-1].transpose(1, 2, 0))
+
+
+class Overview:
+    """A drawn-image background built from the bands as they pass: every `step`-th pixel."""
+
+    def __init__(self, width: int, height: int):
+        self.step = max(1, math.ceil(max(width, height) / OVERVIEW_MAX_SIDE))
+        self.pixels = np.zeros(
+            (math.ceil(height / self.step), math.ceil(width / self.step), 3), np.uint8
+        )
+
+    def add_band(self, top: int, band_bgr: np.ndarray) -> None:
+        first_row = -top % self.step  # the band's first row that falls on the overview grid
+        rows = band_bgr[first_row :: self.step, :: self.step]
+        start = (top + first_row) // self.step
+        self.pixels[start : start + rows.shape[0]] = rows
+
+
+def iter_patches(
+    dataset, windows: list[tuple[int, int, int, int]], overview: Overview
+) -> Iterator[Patch]:
+    """The windows' pixels, read one row band at a time; each band also goes to `overview`."""
+    indexes = [1, 2, 3] if dataset.count >= 3 else [1]
+    for (top, bottom), row in itertools.groupby(windows, key=lambda w: (w[1], w[3])):
+        band = _as_bgr(dataset.read(indexes, window=Window(0, top, dataset.width, bottom - top)))
+        overview.add_band(top, band)
+        for x1, _, x2, _ in row:
+            yield Patch((x1, top), band[:, x1:x2])
