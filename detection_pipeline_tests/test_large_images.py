@@ -20,6 +20,7 @@ from detection_pipeline.ignore_zones import flag_ignored, read_ignore_zones
 from detection_pipeline.jobs.detect import detect
 from detection_pipeline.mmdet_runner.large_image import Overview, iter_patches, patch_windows
 from detection_pipeline.records import record_store
+from detection_pipeline.records.service import RunService
 
 from .conftest import detect_config
 
@@ -187,8 +188,23 @@ def test_objects_on_patch_borders_are_found_once_and_mapped_onto_the_map(
     on_borders = [box for box in truth if _crosses_a_border(box, windows)]
     assert len(on_borders) > len(truth) / 2
 
+    # An ignore zone over the image's top left 1000 x 1000 pixels, in its CRS (no crs member).
+    west, north, side = *ORIGIN, 1000 * PIXEL_METRES
+    corners = [
+        [west, north],
+        [west + side, north],
+        [west + side, north - side],
+        [west, north - side],
+    ]
+    zones = path.parent / "zones.geojson"
+    zones.write_text(json.dumps({"type": "Polygon", "coordinates": [[*corners, corners[0]]]}))
+
     result, run_dir, record = _detect(
-        settings, [str(path), str(png)], patch_size=PATCH, patch_overlap=OVERLAP
+        settings,
+        [str(path), str(png)],
+        patch_size=PATCH,
+        patch_overlap=OVERLAP,
+        ignore_zones=str(zones),
     )
     ortho, photo = json.loads((run_dir / "detections.json").read_text())["images"]
     assert ortho["patches"] == len(windows) and ortho["crs"] == "EPSG:32633"
@@ -201,6 +217,10 @@ def test_objects_on_patch_borders_are_found_once_and_mapped_onto_the_map(
         assert detections_on.count(1) >= 0.95 * len(objects)
     assert len(ortho["detections"]) <= len(truth) + 2  # hardly anything that is not there
     assert photo["crs"] is None and photo["patches"] == 121
+    for detection in ortho["detections"]:
+        x1, y1, _, _ = detection["box"]
+        assert detection["in_ignore_zone"] == (x1 <= 1000 and y1 <= 1000)
+    assert not any(d.get("in_ignore_zone") for d in photo["detections"])  # no georeference
 
     collection = json.loads((run_dir / "geojson" / "ortho.geojson").read_text())
     assert [p.name for p in (run_dir / "geojson").iterdir()] == ["ortho.geojson"]
@@ -220,6 +240,15 @@ def test_objects_on_patch_borders_are_found_once_and_mapped_onto_the_map(
     assert "ortho.tif: " in log and f"/{len(windows)} patches" in log
     with open_raster(run_dir / "vis" / "ortho.png") as drawn:
         assert (drawn.width, drawn.height) == (1500, 1500)  # an overview, every 2nd pixel
+
+    # a lower threshold later, without detecting again
+    with instance_for_test(temp_dir=str(settings.home)) as instance:
+        lower = RunService(instance, settings).export_detections(record.id, 0.05)
+    assert lower == run_dir / "threshold_0.05"
+    exported = json.loads((lower / "detections.json").read_text())["images"][0]
+    assert len(exported["detections"]) == len(ortho["detections"]) + len(ortho["below_threshold"])
+    features = json.loads((lower / "geojson" / "ortho.geojson").read_text())["features"]
+    assert len(features) == len(exported["detections"])
 
 
 def test_patch_results_merge_even_when_no_patch_found_anything():
