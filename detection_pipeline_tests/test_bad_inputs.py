@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from dagster import instance_for_test
 
+from detection_pipeline.datasets.synthetic import make_large_image
 from detection_pipeline.definitions import build_resources
 from detection_pipeline.errors import InputError
 from detection_pipeline.jobs.detect import detect
@@ -30,9 +31,13 @@ def world(tmp_path, trained_model):
     (data / "notes" / "readme.txt").write_text("not an image")
     (data / "corrupt").mkdir()
     (data / "corrupt" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    (data / "deep").mkdir()
+    make_large_image(data / "deep" / "16bit.tif", 64, [], dtype="uint16")
+    (data / "zones.geojson").write_text('{"type": "Point", "coordinates": [1, 2]}')
     outside = tmp_path / "outside"
     outside.mkdir()
     (outside / "secret.png").write_bytes((Path(__file__).parent / "conftest.py").read_bytes())
+    (outside / "zones.geojson").write_text('{"type": "Polygon", "coordinates": []}')
     os.symlink(outside, data / "link-to-outside")
     model = trained_model[1]
     shutil.copy(model.config, data / "config.py")
@@ -91,6 +96,23 @@ DETECTION_CASES = {
         "checkpoint file of model gone.pth is missing",
     ),
     "bad device": ({"images": ["{data}/good"], "model": "tiny", "device": "gpu0"}, "device"),
+    "../ out of the data roots": (
+        {"images": ["{data}/../../outside/secret.png"], "model": "tiny"},
+        "outside the allowed data folders",
+    ),
+    "a model name with quotes": (
+        {"images": ["{data}/good"], "model": 'tiny\'; rm -rf "$HOME"'},
+        "unknown model",
+    ),
+    "16-bit image": ({"images": ["{data}/deep"], "model": "tiny"}, "detection needs 8-bit"),
+    "ignore zones outside the data roots": (
+        {"images": ["{data}/good"], "model": "tiny", "ignore_zones": "{outside}/zones.geojson"},
+        "zones.geojson is outside the allowed data folders",
+    ),
+    "ignore zones that are not areas": (
+        {"images": ["{data}/good"], "model": "tiny", "ignore_zones": "{data}/zones.geojson"},
+        "a Point is not an area",
+    ),
 }
 
 
@@ -174,6 +196,24 @@ def test_broken_coco_is_refused_with_every_problem_named(world, datasets):
         ({"dataset": "{outside}", "name": "m"}, "outside the allowed data folders"),
         ({"dataset": "{data}/empty", "name": "../evil"}, "model name '../evil' is not allowed"),
         ({"dataset": "{data}/empty", "name": "m", "epochs": 0}, "epochs"),
+        ({"dataset": "{data}/empty", "name": 'a"b'}, "model name 'a\"b' is not allowed"),
+        (
+            {"dataset": "{data}/empty", "name": "m", "base_model": "nosuch"},
+            "unknown model 'nosuch'",
+        ),
+        (
+            {
+                "dataset": "{data}/empty",
+                "name": "m",
+                "base_config_path": "{outside}/secret.png",
+                "base_checkpoint_path": "{data}/model.pth",
+            },
+            "model config .* is outside the allowed data folders",
+        ),
+        (
+            {"dataset": "{data}/empty", "name": "m", "val_fraction": 0.5, "test_fraction": 0.5},
+            "leave no images for training",
+        ),
     ],
 )
 def test_bad_training_input_is_refused(world, params, message):

@@ -81,10 +81,12 @@ def make_large_image(
     pixel_metres: float = 0.1,
     seed: int = 0,
     band_rows: int = 1024,
+    dtype: str = "uint8",
 ) -> Path:
     """A square GeoTIFF orthophoto of noise with objects at `boxes` (pixels), written a band of
     rows at a time so even a huge one takes little memory. Georeferenced (north up, `origin` the
-    top left corner) unless `crs` is None. Boxes must be shorter than `band_rows`."""
+    top left corner) unless `crs` is None. Boxes must be shorter than `band_rows`. Pixels are
+    bytes unless `dtype` says otherwise (what a 16-bit orthophoto looks like to detection)."""
     import rasterio
     from rasterio.transform import from_origin
     from rasterio.windows import Window
@@ -92,7 +94,7 @@ def make_large_image(
     rng = np.random.default_rng(seed)
     colours = [object_colour(rng) for _ in boxes]
     profile = dict(
-        driver="GTiff", width=size, height=size, count=3, dtype="uint8", tiled=True,
+        driver="GTiff", width=size, height=size, count=3, dtype=dtype, tiled=True,
         blockxsize=256, blockysize=256, compress="deflate",
     )  # fmt: skip
     if crs:
@@ -104,5 +106,6 @@ def make_large_image(
             for (x1, y1, x2, y2), colour in zip(boxes, colours):
                 # the part of the box in this band
                 band[max(y1, top) - top : max(min(y2, top + rows) - top, 0), x1:x2] = colour
-            image.write(band.transpose(2, 0, 1), window=Window(0, top, size, rows))
+            pixels = band.transpose(2, 0, 1).astype(dtype)
+            image.write(pixels, window=Window(0, top, size, rows))
     return path
