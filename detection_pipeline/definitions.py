@@ -3,8 +3,10 @@
 from dagster import Definitions
 
 from .instance import dagster_home
-from .jobs.detect import detect
-from .jobs.train import train
+from .jobs.detect import detection
+from .jobs.queued_job import queued_job
+from .jobs.train import training
+from .records.schema import Kind
 from .resources import MMDetRunner, RunFolders
 from .schedules import make_schedules
 from .sensors.delayed import make_delayed_runs_sensor
@@ -17,9 +19,9 @@ from .settings import Settings
 def build_resources(settings: Settings) -> dict:
     return {
         "folders": RunFolders(
-            runs_dir=str(settings.runs_dir),
-            models_dir=str(settings.models_dir),
-            input_roots=[str(root) for root in settings.input_roots],
+            runs_dir=settings.runs_dir,
+            models_dir=settings.models_dir,
+            roots=settings.input_roots,
         ),
         "runner": MMDetRunner(
             python_executable=settings.python_executable, timeout_seconds=settings.timeout_seconds
@@ -28,9 +30,12 @@ def build_resources(settings: Settings) -> dict:
 
 
 def build_definitions(settings: Settings) -> Definitions:
-    inbox = [make_inbox_sensor(settings, settings.inbox)] if settings.inbox else []
+    inbox = [make_inbox_sensor(settings.inbox)] if settings.inbox else []
     return Definitions(
-        jobs=[detect, train],
+        jobs=[
+            queued_job(detection, "detect", Kind.DETECTION.value, settings),
+            queued_job(training, "train", Kind.TRAINING.value, settings),
+        ],
         sensors=[
             make_reconcile_sensor(settings),
             make_retry_sensor(settings),

@@ -1,10 +1,15 @@
-"""Resources: where runs read and write, and how MMDetection is started."""
+"""Resources: where runs read and write, and how MMDetection is started.
 
+Both are plain objects built from the home's settings, not configurable resources: Dagster lets
+a run's config override a configurable resource's fields, and from the launchpad or GraphQL
+that would let anyone widen the data roots or choose the program that runs MMDetection.
+"""
+
+import dataclasses
 import shutil
-import sys
 from pathlib import Path
 
-from dagster import ConfigurableResource, OpExecutionContext
+from dagster import OpExecutionContext
 
 from .jobs.child_process import run_mmdetection_child
 from .mmdet_runner.specs import InferSpec, TrainSpec, write_spec
@@ -12,19 +17,16 @@ from .mmdet_runner.specs import InferSpec, TrainSpec, write_spec
 STAGING_DIR = "staging"
 
 
-class RunFolders(ConfigurableResource):
+@dataclasses.dataclass(frozen=True)
+class RunFolders:
     """Run folders, the model registry's files, and the folders inputs may come from."""
 
-    runs_dir: str
-    models_dir: str
-    input_roots: list[str]
-
-    @property
-    def roots(self) -> tuple[Path, ...]:
-        return tuple(Path(root).resolve() for root in self.input_roots)
+    runs_dir: Path
+    models_dir: Path
+    roots: tuple[Path, ...]
 
     def run_dir(self, record_id: int) -> Path:
-        path = Path(self.runs_dir) / str(record_id)
+        path = self.runs_dir / str(record_id)
         path.mkdir(parents=True, exist_ok=True)
         return path
 
@@ -33,19 +35,20 @@ class RunFolders(ConfigurableResource):
         return self.run_dir(record_id) / STAGING_DIR
 
     def remove_staging(self, record_id: int) -> None:
-        shutil.rmtree(Path(self.runs_dir) / str(record_id) / STAGING_DIR, ignore_errors=True)
+        shutil.rmtree(self.runs_dir / str(record_id) / STAGING_DIR, ignore_errors=True)
 
     def model_dir(self, name: str, training_record_id: int) -> Path:
-        path = Path(self.models_dir) / name / f"run-{training_record_id}"
+        path = self.models_dir / name / f"run-{training_record_id}"
         path.mkdir(parents=True, exist_ok=True)
         return path
 
 
-class MMDetRunner(ConfigurableResource):
+@dataclasses.dataclass(frozen=True)
+class MMDetRunner:
     """Runs MMDetection work in a killable child process."""
 
-    python_executable: str = sys.executable
-    timeout_seconds: int = 6 * 3600
+    python_executable: str
+    timeout_seconds: int
 
     def run(
         self,

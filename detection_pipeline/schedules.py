@@ -5,28 +5,22 @@ from the reconciliation sensor while queued."""
 
 from dagster import DefaultScheduleStatus, ScheduleDefinition
 
-from . import run_tags
 from .errors import InputError
 from .records.service import JOBS, parse_params, run_config
-from .settings import QUEUE_OF_KIND, ScheduleSettings, Settings, SettingsError
+from .settings import ScheduleSettings, Settings, SettingsError
 
 
-def _schedule(settings: Settings, schedule: ScheduleSettings) -> ScheduleDefinition:
+def _schedule(schedule: ScheduleSettings) -> ScheduleDefinition:
     try:
         params = parse_params(schedule.kind, schedule.params).model_dump()
     except InputError as error:
         raise SettingsError(f"schedule {schedule.name}: {error}; fix its params") from error
-    queue = QUEUE_OF_KIND[schedule.kind]
     return ScheduleDefinition(
         name=schedule.name,
         job_name=JOBS[schedule.kind].job_name,
         cron_schedule=schedule.cron,
         execution_timezone=schedule.timezone,
         run_config=run_config(schedule.kind, params),
-        tags={
-            run_tags.QUEUE: queue,
-            run_tags.PRIORITY: str(settings.queue(queue).priority),
-        },
         default_status=DefaultScheduleStatus.STOPPED,
         description=f"Recurring {schedule.kind} ({schedule.cron}, {schedule.timezone}): "
         + ", ".join(f"{key}={value}" for key, value in schedule.params.items()),
@@ -34,4 +28,4 @@ def _schedule(settings: Settings, schedule: ScheduleSettings) -> ScheduleDefinit
 
 
 def make_schedules(settings: Settings) -> list[ScheduleDefinition]:
-    return [_schedule(settings, schedule) for schedule in settings.schedules]
+    return [_schedule(schedule) for schedule in settings.schedules]

@@ -15,9 +15,8 @@ from dagster import DagsterInstance, instance_for_test
 
 from detection_pipeline.dagster_services import running_daemon
 from detection_pipeline.datasets.synthetic import make_dataset
-from detection_pipeline.definitions import build_resources
+from detection_pipeline.definitions import build_definitions
 from detection_pipeline.instance import write_instance_config
-from detection_pipeline.jobs.train import train
 from detection_pipeline.records import record_store
 from detection_pipeline.records.service import RunService
 from detection_pipeline.settings import QueueSettings, RetryPolicy, Settings
@@ -35,6 +34,12 @@ def cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     return subprocess.run(
         [CLI, *args], env=os.environ, capture_output=True, text=True, timeout=timeout, check=False
     )
+
+
+def execute_job(settings: Settings, job_name: str, run_config: dict, instance, **options):
+    """Executes a job of the home's Definitions in this process, as its run worker would."""
+    job = build_definitions(settings).resolve_job_def(job_name)
+    return job.execute_in_process(run_config=run_config, instance=instance, **options)
 
 
 def train_config(dataset: Path, name: str, epochs: int = TRAIN_EPOCHS, **extra) -> dict:
@@ -94,10 +99,11 @@ def trained_model(tmp_path_factory, datasets):
     home = tmp_path_factory.mktemp("trained_home")
     settings = make_home(home, input_roots=[datasets, home / "models"])
     with instance_for_test(temp_dir=str(home)) as instance:
-        result = train.execute_in_process(
+        result = execute_job(
+            settings,
+            "train",
             run_config=train_config(datasets / "train", "tiny"),
             instance=instance,
-            resources=build_resources(settings),
         )
         assert result.success
         model = record_store(instance).find_model("tiny")

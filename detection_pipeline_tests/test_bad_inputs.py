@@ -10,14 +10,11 @@ import pytest
 from dagster import instance_for_test
 
 from detection_pipeline.datasets.synthetic import make_large_image
-from detection_pipeline.definitions import build_resources
 from detection_pipeline.errors import InputError
-from detection_pipeline.jobs.detect import detect
-from detection_pipeline.jobs.train import train
 from detection_pipeline.records import record_store
 from detection_pipeline.records.service import RunService
 
-from .conftest import make_home, register_as, train_config
+from .conftest import detect_config, execute_job, make_home, register_as, train_config
 
 
 @pytest.fixture
@@ -142,10 +139,11 @@ def test_bad_detection_input_is_refused_and_fails_the_run(world, trained_model, 
         if case == "bad device":
             return  # Dagster's config check refuses it before any op runs
         before = files_outside_the_run(settings)
-        result = detect.execute_in_process(
+        result = execute_job(
+            settings,
+            "detect",
             run_config={"ops": {"prepare_inputs": {"config": params}}},
             instance=instance,
-            resources=build_resources(settings),
             raise_on_error=False,
         )
         assert not result.success
@@ -174,10 +172,11 @@ def test_broken_coco_is_refused_with_every_problem_named(world, datasets):
         with pytest.raises(InputError) as refused:
             service.submit("training", {"dataset": str(dataset), "name": "m"})
         before = files_outside_the_run(settings)
-        result = train.execute_in_process(
+        result = execute_job(
+            settings,
+            "train",
             run_config=train_config(dataset, "m"),
             instance=instance,
-            resources=build_resources(settings),
             raise_on_error=False,
         )
         [record] = record_store(instance).list_runs()
@@ -223,3 +222,29 @@ def test_bad_training_input_is_refused(world, params, message):
         pytest.raises(InputError, match=message),
     ):
         RunService(instance, settings).submit("training", _fill(params, settings, outside))
+
+
+def test_run_config_cannot_widen_the_data_roots_or_choose_the_program(
+    world, trained_model, datasets
+):
+    """The launchpad and GraphQL take a whole run config: one naming the resources must not
+    reach them, or a user could read any folder or run any program as MMDetection."""
+    settings, outside = world
+    shutil.copytree(datasets / "unseen" / "images", settings.data_dir / "good", dirs_exist_ok=True)
+    marker = outside / "ran"
+    evil = outside / "evil-python"
+    evil.write_text(f"#!/bin/sh\ntouch {marker}\nexit 1\n")
+    evil.chmod(0o755)
+    resources = {
+        "folders": {"config": {"roots": ["/"], "input_roots": ["/"]}},
+        "runner": {"config": {"python_executable": str(evil)}},
+    }
+    with instance_for_test(temp_dir=str(settings.home)) as instance:
+        register_as(record_store(instance), "tiny", trained_model[1])
+        for images in (outside, settings.data_dir / "good"):
+            run_config = {**detect_config(images, "tiny"), "resources": resources}
+            execute_job(settings, "detect", run_config, instance, raise_on_error=False)
+        refused, detected = record_store(instance).list_runs()
+    assert refused.status == "error" and "outside the allowed data folders" in refused.error
+    assert detected.status == "success"  # with the settings' Python, not the run config's
+    assert not marker.exists()

@@ -4,27 +4,33 @@ from pathlib import Path
 
 from dagster import instance_for_test
 
-from detection_pipeline.definitions import build_resources
-from detection_pipeline.jobs.train import train
 from detection_pipeline.records import record_store
-from detection_pipeline.resources import MMDetRunner
 
-from .conftest import alive, make_home, processes_in_group, python_wrapper, train_config
+from .conftest import (
+    alive,
+    execute_job,
+    make_home,
+    processes_in_group,
+    python_wrapper,
+    train_config,
+)
 
 
 def test_a_timeout_kills_mmdetection_and_everything_it_started(tmp_path, datasets):
-    settings = make_home(tmp_path / "home", input_roots=[datasets])
     wrapper = python_wrapper(tmp_path)
-    resources = {
-        **build_resources(settings),
-        "runner": MMDetRunner(python_executable=str(wrapper), timeout_seconds=15),
-    }
+    settings = make_home(
+        tmp_path / "home",
+        input_roots=[datasets],
+        python_executable=str(wrapper),
+        timeout_seconds=15,
+    )
 
     with instance_for_test(temp_dir=str(settings.home)) as instance:
-        result = train.execute_in_process(
+        result = execute_job(
+            settings,
+            "train",
             run_config=train_config(datasets / "train", "slow", epochs=500),
             instance=instance,
-            resources=resources,
             raise_on_error=False,
         )
         [record] = record_store(instance).list_runs()

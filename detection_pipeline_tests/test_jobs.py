@@ -7,11 +7,10 @@ from dagster import instance_for_test
 
 from detection_pipeline import run_tags
 from detection_pipeline.datasets.recall import recall
-from detection_pipeline.definitions import build_resources, defs
-from detection_pipeline.jobs.detect import detect
+from detection_pipeline.definitions import defs
 from detection_pipeline.records import record_store
 
-from .conftest import TRAIN_EPOCHS, detect_config
+from .conftest import TRAIN_EPOCHS, detect_config, execute_job
 
 # Measured with the tiny model after 30 epochs on 17 training images: 0.88 on unseen images.
 MIN_RECALL = 0.7
@@ -48,10 +47,11 @@ def test_detection_finds_the_known_objects(trained_model, datasets):
     settings, _ = trained_model
     with instance_for_test(temp_dir=str(settings.home)) as instance:
         store = record_store(instance)
-        result = detect.execute_in_process(
+        result = execute_job(
+            settings,
+            "detect",
             run_config=detect_config(datasets / "unseen" / "images", "tiny"),
             instance=instance,
-            resources=build_resources(settings),
         )
         assert result.success
         record = next(r for r in store.list_runs() if r.dagster_run_id == result.run_id)

@@ -14,15 +14,13 @@ from rasterio.transform import from_origin
 from detection_pipeline.datasets.rasters import open_raster, raster_info
 from detection_pipeline.datasets.recall import iou
 from detection_pipeline.datasets.synthetic import make_large_image, object_colour
-from detection_pipeline.definitions import build_resources
 from detection_pipeline.detections import image_geojson, rethreshold
 from detection_pipeline.ignore_zones import flag_ignored, read_ignore_zones
-from detection_pipeline.jobs.detect import detect
 from detection_pipeline.mmdet_runner.large_image import Overview, iter_patches, patch_windows
 from detection_pipeline.records import record_store
 from detection_pipeline.records.service import RunService
 
-from .conftest import detect_config
+from .conftest import detect_config, execute_job
 
 # The tiny model sees 128-pixel images, so its patches are that size here (1280 by default).
 PATCH, OVERLAP = 128, 0.25
@@ -153,10 +151,11 @@ def test_ignore_zones_flag_detections_in_the_zones_own_crs(tmp_path):
 
 def _detect(settings, images, **extra):
     with instance_for_test(temp_dir=str(settings.home)) as instance:
-        result = detect.execute_in_process(
+        result = execute_job(
+            settings,
+            "detect",
             run_config=detect_config(images, "tiny", **extra),
             instance=instance,
-            resources=build_resources(settings),
         )
         assert result.success
         record = next(

@@ -48,7 +48,6 @@ def test_a_schedule_is_off_until_started(tmp_path, datasets):
     (schedule,) = make_schedules(settings)
     assert schedule.default_status == DefaultScheduleStatus.STOPPED
     assert (schedule.job_name, schedule.cron_schedule) == ("train", "0 4 * * 1")
-    assert schedule.tags["detection_pipeline/queue"] == "default"
 
 
 def test_a_started_schedule_runs_through_the_queue_with_a_record(open_queue, datasets):

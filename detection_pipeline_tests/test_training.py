@@ -7,12 +7,11 @@ from dagster import instance_for_test
 from mmengine.config import Config
 
 from detection_pipeline.datasets.split import split_coco
-from detection_pipeline.definitions import build_resources
 from detection_pipeline.errors import InputError
-from detection_pipeline.jobs.train import TrainConfig, check_training_inputs, train
+from detection_pipeline.jobs.train import TrainConfig, check_training_inputs
 from detection_pipeline.records import record_store
 
-from .conftest import train_config
+from .conftest import execute_job, train_config
 
 EPOCHS = 2
 
@@ -62,10 +61,11 @@ def test_the_training_inputs_are_checked_before_anything_runs(trained_model, dat
 
 def _train(settings, dataset: Path, name: str, **extra):
     with instance_for_test(temp_dir=str(settings.home)) as instance:
-        result = train.execute_in_process(
+        result = execute_job(
+            settings,
+            "train",
             run_config=train_config(dataset, name, EPOCHS, **extra),
             instance=instance,
-            resources=build_resources(settings),
         )
         assert result.success
         return record_store(instance).find_model(name)

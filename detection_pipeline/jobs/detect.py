@@ -12,8 +12,8 @@ from dagster import (
     MetadataValue,
     OpExecutionContext,
     Out,
-    in_process_executor,
-    job,
+    ResourceParam,
+    graph,
     op,
 )
 from pydantic import Field
@@ -26,7 +26,7 @@ from ..models import ModelFiles, resolve_model
 from ..records import RecordStore, record_store
 from ..records.schema import Kind
 from ..resources import MMDetRunner, RunFolders
-from .record_lifecycle import bad_input_fails_the_run, cleanup, record_failure, start_record
+from .record_lifecycle import bad_input_fails_the_run, cleanup, start_record
 
 
 class DetectConfig(Config):
@@ -119,7 +119,7 @@ def check_detection_inputs(
 
 @op(out=Out(DetectionPlan))
 def prepare_inputs(
-    context: OpExecutionContext, config: DetectConfig, folders: RunFolders
+    context: OpExecutionContext, config: DetectConfig, folders: ResourceParam[RunFolders]
 ) -> DetectionPlan:
     """Checks the images and the model, and stages the images in the run's folder."""
     record = start_record(
@@ -158,7 +158,7 @@ def prepare_inputs(
 
 @op(out=Out(DetectionPlan))
 def run_inference(
-    context: OpExecutionContext, plan: DetectionPlan, runner: MMDetRunner
+    context: OpExecutionContext, plan: DetectionPlan, runner: ResourceParam[MMDetRunner]
 ) -> DetectionPlan:
     """Runs MMDetection inference in a child process."""
     runner.run(context, plan.spec, plan.run_dir, plan.record_id)
@@ -190,12 +190,8 @@ def collect_detections(context: OpExecutionContext, plan: DetectionPlan) -> int:
     return plan.record_id
 
 
-@job(
-    executor_def=in_process_executor,
-    hooks={record_failure},
-    tags={"detection_pipeline/kind": "detection"},
-)
-def detect():
+@graph
+def detection():
     """Detects objects in images with a registered (or given) MMDetection model."""
     plan = prepare_inputs()
     cleanup(

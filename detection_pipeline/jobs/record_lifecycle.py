@@ -3,7 +3,7 @@
 import contextlib
 from collections.abc import Iterator
 
-from dagster import Failure, HookContext, OpExecutionContext, failure_hook, op
+from dagster import Failure, HookContext, OpExecutionContext, ResourceParam, failure_hook, op
 
 from .. import run_tags, run_worker
 from ..errors import InputError
@@ -48,7 +48,9 @@ def bad_input_fails_the_run() -> Iterator[None]:
 
 
 @op
-def cleanup(context: OpExecutionContext, record_id: int, folders: RunFolders) -> None:
+def cleanup(
+    context: OpExecutionContext, record_id: int, folders: ResourceParam[RunFolders]
+) -> None:
     """The last op of every job: removes the staged inputs (outputs stay), marks the record a success."""
     folders.remove_staging(record_id)
     record_store(context.instance).mark_finished(record_id)

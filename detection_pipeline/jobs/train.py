@@ -11,8 +11,8 @@ from dagster import (
     MetadataValue,
     OpExecutionContext,
     Out,
-    in_process_executor,
-    job,
+    ResourceParam,
+    graph,
     op,
 )
 from pydantic import Field
@@ -32,7 +32,7 @@ from ..models import ModelFiles, resolve_model
 from ..records import RecordStore, record_store
 from ..records.schema import Kind
 from ..resources import MMDetRunner, RunFolders
-from .record_lifecycle import bad_input_fails_the_run, cleanup, record_failure, start_record
+from .record_lifecycle import bad_input_fails_the_run, cleanup, start_record
 from .training_curve import draw_training_curve
 
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -170,7 +170,7 @@ def _write_annotations(staging: Path, parts: dict[str, dict | None]) -> dict[str
 
 @op(out=Out(TrainingPlan))
 def prepare_dataset(
-    context: OpExecutionContext, config: TrainConfig, folders: RunFolders
+    context: OpExecutionContext, config: TrainConfig, folders: ResourceParam[RunFolders]
 ) -> TrainingPlan:
     """Checks the COCO dataset and the base model, and splits the dataset when it has no split."""
     record = start_record(context, folders, Kind.TRAINING.value, config.model_dump(), config.name)
@@ -216,7 +216,7 @@ def prepare_dataset(
 
 @op(out=Out(TrainingPlan))
 def run_training(
-    context: OpExecutionContext, plan: TrainingPlan, runner: MMDetRunner
+    context: OpExecutionContext, plan: TrainingPlan, runner: ResourceParam[MMDetRunner]
 ) -> TrainingPlan:
     """Runs mmengine training in a child process."""
     runner.run(context, plan.spec, plan.run_dir, plan.record_id)
@@ -247,7 +247,9 @@ def collect_training(context: OpExecutionContext, plan: TrainingPlan) -> Trainin
 
 
 @op
-def register_model(context: OpExecutionContext, plan: TrainingPlan, folders: RunFolders) -> int:
+def register_model(
+    context: OpExecutionContext, plan: TrainingPlan, folders: ResourceParam[RunFolders]
+) -> int:
     """Stores the best checkpoint and its config as the next version of the model's name."""
     metrics = json.loads((plan.work_dir / METRICS_FILE).read_text())
     store = record_store(context.instance)
@@ -280,12 +282,8 @@ def register_model(context: OpExecutionContext, plan: TrainingPlan, folders: Run
     return plan.record_id
 
 
-@job(
-    executor_def=in_process_executor,
-    hooks={record_failure},
-    tags={"detection_pipeline/kind": "training"},
-)
-def train():
+@graph
+def training():
     """Trains an MMDetection model on a COCO dataset and registers it for detection."""
     plan = prepare_dataset()
     cleanup(

@@ -22,11 +22,10 @@ from dagster import (
     sensor,
 )
 
-from .. import run_tags
 from ..datasets.validation import IMAGE_SUFFIXES, image_problem
 from ..records.schema import Kind
 from ..records.service import run_config
-from ..settings import QUEUE_OF_KIND, InboxSettings, Settings
+from ..settings import InboxSettings
 from .service_sensor import MINIMUM_INTERVAL_SECONDS
 
 
@@ -107,22 +106,17 @@ def scan_inbox(folder: Path, cursor: str | None, max_images_per_run: int) -> Inb
     )
 
 
-def _run_request(settings: Settings, inbox: InboxSettings, batch: list[InboxFile]) -> RunRequest:
-    queue = QUEUE_OF_KIND[Kind.DETECTION.value]
+def _run_request(inbox: InboxSettings, batch: list[InboxFile]) -> RunRequest:
     params = {"images": [str(file.path) for file in batch], "model": inbox.model}
     last_time, last_name = batch[-1].order
     return RunRequest(
         # Where the batch ends in the inbox's order: Dagster never runs the same key twice.
         run_key=f"inbox:{last_time}:{last_name}",
         run_config=run_config(Kind.DETECTION.value, params),
-        tags={
-            run_tags.QUEUE: queue,
-            run_tags.PRIORITY: str(settings.queue(queue).priority),
-        },
     )
 
 
-def make_inbox_sensor(settings: Settings, inbox: InboxSettings):
+def make_inbox_sensor(inbox: InboxSettings):
     @sensor(
         name="image_inbox",
         job_name="detect",
@@ -137,7 +131,7 @@ def make_inbox_sensor(settings: Settings, inbox: InboxSettings):
         scan = scan_inbox(inbox.folder, context.cursor, inbox.max_images_per_run)
         for problem in scan.not_images:
             context.log.warning(f"not an image, skipped: {problem}")
-        requests = [_run_request(settings, inbox, batch) for batch in scan.batches]
+        requests = [_run_request(inbox, batch) for batch in scan.batches]
         found = [f"{len(batch)} new image(s) to detect" for batch in scan.batches]
         if scan.not_images:
             found.append(f"skipped, not images: {'; '.join(scan.not_images)}")
