@@ -12,7 +12,11 @@ from dagster import DagsterRunStatus
 from detection_pipeline import run_tags, run_worker
 from detection_pipeline.jobs.record_lifecycle import NOT_RETRIED_BAD_INPUT
 from detection_pipeline.records import RecordNotFound
-from detection_pipeline.records.service import NOT_RETRIED_RUN_GONE, _queue_dagster_run
+from detection_pipeline.records.service import (
+    NOT_RETRIED_RUN_GONE,
+    TERMINATED,
+    _queue_dagster_run,
+)
 from detection_pipeline.settings import QueueSettings, RetryPolicy
 
 from .conftest import detect_config
@@ -46,22 +50,32 @@ def fail(service, record, message="MMDetection infer failed (exit code 3): boom"
 
 
 def test_each_active_record_follows_its_ended_or_vanished_run(idle_queue, datasets):
-    failed, cancelled, deleted, queued = (submit(idle_queue, datasets) for _ in range(4))
-    fail(idle_queue, failed)
-    idle_queue.instance.report_run_canceled(
-        idle_queue.instance.get_run_by_id(cancelled.dagster_run_id)
+    failed, cancelled, terminated, deleted, queued = (
+        submit(idle_queue, datasets) for _ in range(5)
     )
+    fail(idle_queue, failed)
+    # Cancelled in Dagster (from the UI or GraphQL) while queued, and once it was processing:
+    idle_queue.store.mark_processing(terminated.id, terminated.dagster_run_id)
+    for record in (cancelled, terminated):
+        idle_queue.instance.report_run_canceled(
+            idle_queue.instance.get_run_by_id(record.dagster_run_id)
+        )
     idle_queue.instance.delete_run(deleted.dagster_run_id)
 
     changed = {record.id: record for record in idle_queue.reconcile_active()}
 
-    assert set(changed) == {failed.id, cancelled.id, deleted.id}
+    assert set(changed) == {failed.id, cancelled.id, terminated.id, deleted.id}
     assert (changed[failed.id].status, changed[failed.id].error) == (
         "error",
         "MMDetection infer failed (exit code 3): boom",
     )
     assert changed[failed.id].retry_pending
     assert changed[cancelled.id].status == "cancelled"
+    assert (changed[terminated.id].status, changed[terminated.id].error) == (
+        "error",
+        TERMINATED,
+    )
+    assert changed[terminated.id].not_retried and not changed[terminated.id].retry_pending
     assert (changed[deleted.id].status, changed[deleted.id].not_retried) == (
         "error",
         NOT_RETRIED_RUN_GONE,
@@ -77,7 +91,9 @@ def test_a_queued_run_launched_without_a_record_gets_one(idle_queue, datasets):
 
     (adopted,) = idle_queue.reconcile_active()
 
-    assert (adopted.kind, adopted.queue, adopted.status) == ("detection", "detection", "waiting")
+    # in the queue and with the priority the CLI would give it: the job's tags
+    assert (adopted.kind, adopted.queue, adopted.priority) == ("detection", "detection", 10)
+    assert adopted.status == "waiting"
     assert adopted.dagster_run_ids == [run_id] and adopted.model == "tiny"
     tags = idle_queue.instance.get_run_by_id(run_id).tags
     assert tags[run_tags.RECORD_ID] == str(adopted.id)

@@ -376,6 +376,10 @@ class RunService:
         if run.status == DagsterRunStatus.SUCCESS:
             return self.store.mark_finished(record.id)
         if run.status == DagsterRunStatus.CANCELED:
+            if record.status == Status.PROCESSING.value:  # terminated from the UI or GraphQL
+                return self.store.mark_failed(
+                    record.id, TERMINATED, not_retried=NOT_RETRIED_TERMINATED
+                )
             return self.store.transition(
                 record.id, ACTIVE_STATUSES, status=Status.CANCELLED.value, finished_at=utcnow()
             )
