@@ -20,6 +20,7 @@ from .dagster_services import (
     running_daemon,
     start_service,
     stop_service,
+    webserver_command,
 )
 from .datasets.synthetic import make_dataset
 from .errors import InputError, NotAllowed
@@ -27,6 +28,7 @@ from .instance import dagster_home, use_home, write_instance_config
 from .records import RecordNotFound
 from .records.schema import Kind, RunRecord, Status, utcnow
 from .records.service import RunService
+from .remote import RemoteError, RemoteService
 from .settings import Settings, SettingsError
 
 DEFAULT_PORT = 3000
@@ -51,11 +53,36 @@ def _settings() -> Settings:
 
 @contextlib.contextmanager
 def _service() -> Iterator[RunService]:
+    """The runs of the local Dagster home."""
+    _refuse_remote()
     from dagster import DagsterInstance
 
     settings = _settings()
     with DagsterInstance.get() as instance:
         yield RunService(instance, settings)
+
+
+def _remote_url() -> str | None:
+    return click.get_current_context().find_root().obj
+
+
+def _refuse_remote() -> None:
+    if url := _remote_url():
+        name = click.get_current_context().info_name
+        raise click.UsageError(
+            f"`{name}` works on a local Dagster home only, not through --url {url}: run it on "
+            "the server"
+        )
+
+
+@contextlib.contextmanager
+def _runs() -> Iterator[RunService | RemoteService]:
+    """The runs of the local Dagster home, or of the webserver given with --url."""
+    if url := _remote_url():
+        yield RemoteService(url)
+    else:
+        with _service() as service:
+            yield service
 
 
 def _when(moment: dt.datetime) -> str:
@@ -97,7 +124,7 @@ def _user_errors() -> Iterator[None]:
     """Errors meant for the user end the command with their message, not a traceback."""
     try:
         yield
-    except (InputError, NotAllowed, RecordNotFound) as error:
+    except (InputError, NotAllowed, RecordNotFound, RemoteError) as error:
         raise click.ClickException(str(error)) from error
 
 
@@ -109,12 +136,26 @@ def _run_at(delay: float | None, at: dt.datetime | None) -> dt.datetime | None:
     return at.astimezone() if at else None  # a time without zone is local time
 
 
+def _input_path(path: str) -> str:
+    """A path as the run will read it: absolute here for the local home; through --url, a path
+    on the server, passed on as given."""
+    return path if _remote_url() else str(Path(path).expanduser().resolve())
+
+
 def _submit_and_report(kind: str, params: dict, queue, priority, key, delay, at, wait, as_json):
-    with _service() as service, _user_errors():
-        record = service.submit(
-            kind, params, queue=queue, priority=priority, key=key, run_at=_run_at(delay, at)
+    if _remote_url() and (key or delay is not None or at):
+        raise click.UsageError(
+            "--key, --delay and --at need the server's records: submit on the server, or "
+            "without them through --url"
         )
-        if not daemon_running(service.instance):
+    with _runs() as service, _user_errors():
+        if isinstance(service, RemoteService):
+            record = service.submit(kind, params, queue=queue, priority=priority)
+        else:
+            record = service.submit(
+                kind, params, queue=queue, priority=priority, key=key, run_at=_run_at(delay, at)
+            )
+        if isinstance(service, RunService) and not daemon_running(service.instance):
             click.echo(
                 "no Dagster daemon is running for this home, so nothing will start the run: "
                 "run `detection-pipeline up` (in another terminal)",
@@ -162,11 +203,21 @@ def with_queue_options(command):
 
 
 @click.group()
-def main():
+@click.option(
+    "--url",
+    envvar="DETECTION_PIPELINE_URL",
+    help="Work through the Dagster webserver at this URL (its GraphQL API) instead of the local "
+    "home: http://host:3000, or http://user:password@host/prefix behind a proxy. detect, train, "
+    "runs, show, cancel and terminate work this way.",
+)
+@click.pass_context
+def main(ctx, url):
     """MMDetection training and detection as a sequential Dagster job queue.
 
-    Works on the Dagster home in $DAGSTER_HOME (default ~/.detection_pipeline).
+    Works on the Dagster home in $DAGSTER_HOME (default ~/.detection_pipeline), or with --url
+    on a Dagster webserver elsewhere.
     """
+    ctx.obj = url
 
 
 @main.command()
@@ -193,6 +244,7 @@ def main():
 )
 def init(postgres_url, input_roots, python_executable, timeout_seconds):
     """Write DAGSTER_HOME/dagster.yaml (SQLite by default) and detection_pipeline.yaml."""
+    _refuse_remote()
     home = use_home(dagster_home())
     config = write_instance_config(home, postgres_url)
     settings = _load_settings(home)
@@ -214,23 +266,17 @@ def init(postgres_url, input_roots, python_executable, timeout_seconds):
     click.echo(f"  inputs allowed from: {', '.join(map(str, settings.input_roots))}")
 
 
-@main.command()
-@click.option("--port", default=DEFAULT_PORT, show_default=True)
-@click.option(
-    "--host",
-    default="127.0.0.1",
-    show_default=True,
-    help="Address to listen on; the UI has no login, so keep it local unless it is behind an authenticating proxy.",
+HOST_HELP = (
+    "Address to listen on. The UI has no login: keep it local unless it is behind an "
+    "authenticating proxy (README: who may do what)."
 )
-def up(port, host):
-    """Start the Dagster webserver and daemon for this home; Ctrl-C stops both."""
+
+
+def _serve(command: list[str], url: str) -> None:
+    """Runs a Dagster service in the foreground until it ends or Ctrl-C."""
     home = _settings().home
-    process = start_service(
-        dagster_command(
-            "dagster", "dev", "-m", DEFINITIONS_MODULE, "--host", host, "--port", str(port)
-        )
-    )
-    click.echo(f"Dagster UI: http://{host}:{port} (home {home}); Ctrl-C stops it")
+    process = start_service(command)
+    click.echo(f"Dagster UI: {url} (home {home}); Ctrl-C stops it")
     sys.stdout.flush()  # before Dagster's own output, also when stdout is a file
     try:
         process.wait()
@@ -240,6 +286,39 @@ def up(port, host):
         stop_service(process)
 
 
+@main.command()
+@click.option("--port", default=DEFAULT_PORT, show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True, help=HOST_HELP)
+def up(port, host):
+    """Start the Dagster webserver and daemon for this home; Ctrl-C stops both."""
+    _refuse_remote()
+    command = ["dev", "-m", DEFINITIONS_MODULE, "--host", host, "--port", str(port)]
+    _serve(dagster_command("dagster", *command), f"http://{host}:{port}")
+
+
+@main.command()
+@click.option("--port", default=DEFAULT_PORT, show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True, help=HOST_HELP)
+@click.option(
+    "--read-only",
+    is_flag=True,
+    help="Nothing can be launched, stopped or switched: for people who only watch.",
+)
+@click.option(
+    "--path-prefix", default="", help="Serve under this path, as a proxy forwards it: /dagster."
+)
+def webserver(port, host, read_only, path_prefix):
+    """Start only the Dagster webserver (UI and GraphQL) for this home; Ctrl-C stops it.
+
+    The daemon that runs the queue runs beside it: `up` (once per home), or
+    `dagster-daemon run -m detection_pipeline.definitions`."""
+    _refuse_remote()
+    _serve(
+        webserver_command(host, port, read_only=read_only, path_prefix=path_prefix),
+        f"http://{host}:{port}{path_prefix}" + (" (read-only)" if read_only else ""),
+    )
+
+
 @main.command("make-dataset")
 @click.argument("out", type=click.Path(file_okay=False))
 @click.option("--images", default=24, show_default=True)
@@ -247,6 +326,7 @@ def up(port, host):
 @click.option("--seed", default=0, show_default=True)
 def make_dataset_command(out, images, size, seed):
     """Write a small synthetic COCO dataset (bright rectangles on noise) to OUT."""
+    _refuse_remote()
     annotations = make_dataset(Path(out), images=images, size=size, seed=seed)
     click.echo(
         f"{images} images of {size}x{size} in {Path(out) / 'images'}, annotations {annotations}"
@@ -268,7 +348,7 @@ def make_dataset_command(out, images, size, seed):
 @with_queue_options
 def train(dataset, name, epochs, base_model, frozen_stages, **submission):
     """Submit a training run to the queue."""
-    params = {"dataset": str(Path(dataset).expanduser().resolve()), "name": name}
+    params = {"dataset": _input_path(dataset), "name": name}
     optional = {"epochs": epochs, "base_model": base_model, "frozen_stages": frozen_stages}
     params.update({k: v for k, v in optional.items() if v is not None})
     _submit_and_report(Kind.TRAINING.value, params, **submission)
@@ -289,11 +369,11 @@ def train(dataset, name, epochs, base_model, frozen_stages, **submission):
 def detect(images, model, score_threshold, device, ignore_zones, **options):
     """Submit a detection run to the queue."""
     params = {
-        "images": [str(Path(image).expanduser().resolve()) for image in images],
+        "images": [_input_path(image) for image in images],
         "model": model,
     }
     if ignore_zones:
-        params["ignore_zones"] = str(Path(ignore_zones).expanduser().resolve())
+        params["ignore_zones"] = _input_path(ignore_zones)
     slicing = {name: options.pop(name) for name in ("patch_size", "patch_overlap", "nms_iou")}
     optional = {"score_threshold": score_threshold, "device": device, **slicing}
     params.update({k: v for k, v in optional.items() if v is not None})
@@ -319,10 +399,8 @@ def export(record_id, score_threshold):
 @click.option("--json", "as_json", is_flag=True)
 def runs(status, queue, as_json):
     """List runs, oldest first."""
-    with _service() as service:
-        records = [
-            service.reconcile(r) for r in service.store.list_runs(status=status, queue=queue)
-        ]
+    with _runs() as service, _user_errors():
+        records = service.list_runs(status=status, queue=queue)
     if as_json:
         click.echo(json.dumps([r.to_dict() for r in records], indent=2))
         return
@@ -342,8 +420,8 @@ def runs(status, queue, as_json):
 @click.option("--json", "as_json", is_flag=True)
 def show(record_id, as_json):
     """Show one run."""
-    with _service() as service, _user_errors():
-        record = service.reconcile(service.store.get_run(record_id))
+    with _runs() as service, _user_errors():
+        record = service.get_run(record_id)
     _print_record(record, as_json)
 
 
@@ -352,7 +430,7 @@ def show(record_id, as_json):
 @click.option("--json", "as_json", is_flag=True)
 def cancel(record_id, as_json):
     """Take a waiting run off the queue."""
-    with _service() as service, _user_errors():
+    with _runs() as service, _user_errors():
         record = service.cancel(record_id)
     _print_record(record, as_json)
 
@@ -362,7 +440,7 @@ def cancel(record_id, as_json):
 @click.option("--json", "as_json", is_flag=True)
 def terminate(record_id, as_json):
     """Stop a processing run, MMDetection and all it started included."""
-    with _service() as service, _user_errors():
+    with _runs() as service, _user_errors():
         record = service.terminate(record_id)
     _print_record(record, as_json)
 

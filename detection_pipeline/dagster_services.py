@@ -30,6 +30,18 @@ def dagster_command(name: str, *args: str) -> list[str]:
     return [str(Path(sys.executable).with_name(name)), *args]
 
 
+def webserver_command(
+    host: str, port: int, read_only: bool = False, path_prefix: str = ""
+) -> list[str]:
+    """The Dagster webserver (UI and GraphQL) of this product's code location."""
+    options = ["--read-only"] if read_only else []
+    if path_prefix:
+        options += ["--path-prefix", path_prefix]
+    return dagster_command(
+        "dagster-webserver", "-m", DEFINITIONS_MODULE, "-h", host, "-p", str(port), *options
+    )
+
+
 def start_service(command: list[str], log_file: Path | None = None) -> subprocess.Popen:
     """Starts a Dagster service, to be stopped with `stop_service`; output to log_file if given.
 

@@ -3,9 +3,18 @@
 import dataclasses
 from pathlib import Path
 
+from dagster import AssetKey
+
 from .datasets.validation import confine
 from .errors import InputError
 from .records import RecordStore
+
+
+def model_asset_key(name: str) -> AssetKey:
+    """Each registered model's name is an asset in the Dagster UI's catalog (models/NAME): a
+    training run materializes its next version there, with its metrics, so people launching a
+    detection run can see which models there are."""
+    return AssetKey(["models", name])
 
 
 @dataclasses.dataclass(frozen=True)

@@ -2,11 +2,15 @@
 
 import contextlib
 import os
+import signal
+import socket
 import stat
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -246,3 +250,45 @@ def descendants(root: int) -> set[int]:
             found.add(child)
             todo.append(child)
     return found
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def serving(settings: Settings, *options: str) -> Iterator[str]:
+    """`detection-pipeline webserver OPTIONS` on the home, on a free local port: yields its URL,
+    then stops it and everything it started."""
+    port = free_port()
+    log = settings.home / f"webserver-{port}.log"
+    process = subprocess.Popen(
+        [CLI, "webserver", "--port", str(port), *options],
+        env={**os.environ, "DAGSTER_HOME": str(settings.home)},
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: answers(f"{url}/server_info") or process.poll() is not None, 120)
+        assert process.poll() is None, log.read_text()
+        yield url
+    finally:
+        started = descendants(process.pid)
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=60)
+        finally:
+            for pid in started | {process.pid}:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)

@@ -1,36 +1,43 @@
-"""`detection-pipeline up`: the UI answers, and Ctrl-C stops every process it started."""
+"""`detection-pipeline up`: the UI answers on this machine only, and Ctrl-C stops every
+process it started."""
 
 import contextlib
 import os
 import signal
 import socket
 import subprocess
-import sys
-import urllib.request
 from pathlib import Path
 
-from .conftest import alive, descendants, make_home, wait_until
-
-CLI = str(Path(sys.executable).parent / "detection-pipeline")
+from .conftest import CLI, alive, answers, descendants, free_port, make_home, wait_until
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as response:
-            return response.status == 200
-    except OSError:
-        return False
+def listening_addresses(pids: set[int]) -> set[tuple[str, int]]:
+    """(address, port) of every TCP socket the processes listen on."""
+    inodes = set()
+    for pid in pids:
+        for fd in Path(f"/proc/{pid}/fd").glob("*"):
+            try:
+                target = os.readlink(fd)
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    found = set()
+    for table, family in (("tcp", socket.AF_INET), ("tcp6", socket.AF_INET6)):
+        for line in Path(f"/proc/net/{table}").read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and fields[9] in inodes:  # 0A: LISTEN
+                address, port = fields[1].split(":")
+                raw = bytes.fromhex(address)
+                # the kernel writes each 32-bit word in host (little-endian) order
+                raw = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
+                found.add((socket.inet_ntop(family, raw), int(port, 16)))
+    return found
 
 
 def test_up_serves_the_ui_and_stops_cleanly_on_ctrl_c(tmp_path):
     settings = make_home(tmp_path / "home")
-    port = _free_port()
+    port = free_port()
     log = tmp_path / "up.log"
     up = subprocess.Popen(
         [CLI, "up", "--port", str(port)],
@@ -40,9 +47,13 @@ def test_up_serves_the_ui_and_stops_cleanly_on_ctrl_c(tmp_path):
     )
     try:
         wait_until(lambda: f"Dagster UI: http://127.0.0.1:{port}" in log.read_text(), timeout=30)
-        wait_until(lambda: _answers(f"http://127.0.0.1:{port}/server_info"), timeout=120)
+        wait_until(lambda: answers(f"http://127.0.0.1:{port}/server_info"), timeout=120)
         started = descendants(up.pid)
         assert len(started) >= 3  # dagster dev, its webserver, its daemon, code servers
+        # No login in the UI: by default nothing may listen beyond this machine.
+        listening = listening_addresses(started | {up.pid})
+        assert ("127.0.0.1", port) in listening
+        assert {address for address, _ in listening} <= {"127.0.0.1", "::1"}, listening
         up.send_signal(signal.SIGINT)
         up.wait(timeout=60)
         wait_until(lambda: not [pid for pid in started if alive(pid)], timeout=30)

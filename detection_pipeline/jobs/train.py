@@ -1,5 +1,6 @@
 """The train job: prepare_dataset -> run_mmdetection -> collect_outputs -> register_model -> cleanup."""
 
+import base64
 import dataclasses
 import json
 import re
@@ -7,6 +8,7 @@ import shutil
 from pathlib import Path
 
 from dagster import (
+    AssetMaterialization,
     Config,
     MetadataValue,
     OpExecutionContext,
@@ -28,7 +30,7 @@ from ..mmdet_runner.specs import (
     TINY_CONFIG,
     TrainSpec,
 )
-from ..models import ModelFiles, resolve_model
+from ..models import ModelFiles, model_asset_key, resolve_model
 from ..records import RecordStore, record_store
 from ..records.schema import Kind
 from ..resources import MMDetRunner, RunFolders
@@ -240,7 +242,11 @@ def collect_training(context: OpExecutionContext, plan: TrainingPlan) -> Trainin
             "test bbox mAP": metrics["test"].get(BEST_METRIC, "no test images"),
             "test metrics": MetadataValue.json(metrics["test"]),
             "epochs": MetadataValue.md(_epochs_table(metrics["epochs"])),
-            "training curve": MetadataValue.path(str(curve)),
+            # The picture itself, inline: the UI shows it on the run's page.
+            "training curve": MetadataValue.md(
+                f"![training curve](data:image/png;base64,{base64.b64encode(curve.read_bytes()).decode()})"
+            ),
+            "training curve file": MetadataValue.path(str(curve)),
         }
     )
     return plan
@@ -273,12 +279,24 @@ def register_model(
         training_record_id=plan.record_id,
     )
     (plan.work_dir / CHECKPOINT_FILE).unlink()  # the registry's copy is the one detection uses
-    context.add_output_metadata(
-        {
-            "model": f"{model.name}:{model.version}",
-            "checkpoint": MetadataValue.path(model.checkpoint),
-        }
+    metadata = {
+        "model": f"{model.name}:{model.version}",
+        "version": model.version,
+        "classes": ", ".join(model.classes),
+        "bbox mAP": metrics["bbox_mAP"],
+        "best epoch": metrics["best_epoch"],
+        "base model": plan.base or "none (from scratch)",
+        "training record id": plan.record_id,
+        "checkpoint": MetadataValue.path(model.checkpoint),
+    }
+    context.log_event(
+        AssetMaterialization(
+            asset_key=model_asset_key(model.name),
+            description=f"detect with `{model.name}` (latest) or `{model.name}:{model.version}`",
+            metadata=metadata,
+        )
     )
+    context.add_output_metadata(metadata)
     return plan.record_id
 
 

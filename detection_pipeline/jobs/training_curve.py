@@ -6,6 +6,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # run workers have no display
 import matplotlib.pyplot as plt
+from matplotlib.ticker import MaxNLocator
 
 from ..mmdet_runner.specs import BEST_METRIC
 
@@ -19,6 +20,8 @@ def draw_training_curve(epochs: list[dict], path: Path) -> Path:
         numbers, [epoch.get(BEST_METRIC, 0.0) for epoch in epochs], marker="o", color="tab:green"
     )
     map_axes.set(title="validation bbox mAP", xlabel="epoch", ylim=(0, 1))
+    for axes in (loss_axes, map_axes):
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     figure.tight_layout()
     figure.savefig(path, dpi=80)
     plt.close(figure)

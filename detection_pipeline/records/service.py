@@ -23,6 +23,7 @@ from ..errors import InputError, NotAllowed, validation_problems
 from ..jobs.child_process import close_abandoned_log
 from ..jobs.detect import DetectConfig, check_detection_inputs
 from ..jobs.train import TrainConfig, check_training_inputs
+from ..models import model_asset_key
 from ..settings import QUEUE_OF_KIND, Settings
 from . import record_store
 from .adoption import adopt_run
@@ -258,7 +259,7 @@ class RunService:
 
     def cancel(self, record_id: int) -> RunRecord:
         """Takes a waiting run off the queue (Dagster's, or the delayed runs')."""
-        record = self.reconcile(self.store.get_run(record_id))
+        record = self.get_run(record_id)
         run = self._dagster_run(record) if _has_current_run(record) else None
         if _processing(record, run):
             raise NotAllowed(
@@ -280,7 +281,7 @@ class RunService:
     def terminate(self, record_id: int, timeout_seconds: float = 120) -> RunRecord:
         """Stops a processing run: Dagster interrupts its worker, which kills the MMDetection
         process group; waits for the run to end."""
-        record = self.reconcile(self.store.get_run(record_id))
+        record = self.get_run(record_id)
         if not _processing(record, self._dagster_run(record)):
             hint = (
                 f"; `detection-pipeline cancel {record_id}` takes it off the queue"
@@ -305,7 +306,7 @@ class RunService:
 
     def delete(self, record_id: int) -> None:
         """Removes a run that is not processing: its folder, its Dagster runs, its record."""
-        record = self.reconcile(self.store.get_run(record_id))
+        record = self.get_run(record_id)
         if record.status == Status.WAITING.value:
             record = self.cancel(record_id)
         if record.status == Status.PROCESSING.value:
@@ -357,7 +358,16 @@ class RunService:
         if not versions:
             raise NotAllowed(f"no model named {name!r}; `detection-pipeline models` lists them")
         remove_model_folder(self.settings.models_dir, name)
+        self.instance.wipe_assets([model_asset_key(name)])
         return versions
+
+    def get_run(self, record_id: int) -> RunRecord:
+        """The record, brought in line with its Dagster run first."""
+        return self.reconcile(self.store.get_run(record_id))
+
+    def list_runs(self, status: str | None = None, queue: str | None = None) -> list[RunRecord]:
+        """Records, oldest first, each brought in line with its Dagster run."""
+        return [self.reconcile(r) for r in self.store.list_runs(status=status, queue=queue)]
 
     def reconcile(self, record: RunRecord) -> RunRecord:
         """Brings a record that is not final in line with its ended (or vanished) Dagster run."""
@@ -482,7 +492,7 @@ class RunService:
         """Blocks until the run ends, retries included; returns its final record."""
         deadline = None if timeout_seconds is None else time.monotonic() + timeout_seconds
         while True:
-            record = self.reconcile(self.store.get_run(record_id))
+            record = self.get_run(record_id)
             if record.status in FINAL_STATUSES and not record.retry_pending:
                 return record
             if deadline is not None and time.monotonic() > deadline:
