@@ -39,6 +39,9 @@ setup(
         # needs at least 77.0.3.
         "setuptools>=77.0.3,<81",
     ],
-    extras_require={"test": ["pytest>=8", "pytest-timeout"]},
+    extras_require={
+        # playwright drives the OS's Chromium (apt: chromium); it downloads no browser here.
+        "test": ["pytest>=8", "pytest-timeout", "playwright>=1.45"],
+    },
     entry_points={"console_scripts": ["detection-pipeline=detection_pipeline.cli:main"]},
 )

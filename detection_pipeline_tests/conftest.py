@@ -2,6 +2,7 @@
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import stat
@@ -29,6 +30,13 @@ POSTGRES_ADMIN_URL = os.environ.get(
     "DETECTION_PIPELINE_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres"
 )
 REQUIRE_POSTGRES = os.environ.get("DETECTION_PIPELINE_REQUIRE_POSTGRES") == "1"
+REQUIRE_SYSTEM_TOOLS = os.environ.get("DETECTION_PIPELINE_REQUIRE_SYSTEM_TOOLS") == "1"
+# Screenshots and other things a person may want to look at after the tests.
+ARTIFACTS = Path(
+    os.environ.get(
+        "DETECTION_PIPELINE_TEST_ARTIFACTS", Path(__file__).parents[1] / "test-artifacts"
+    )
+)
 TRAIN_EPOCHS = 30
 CLI = str(Path(sys.executable).parent / "detection-pipeline")
 
@@ -292,3 +300,31 @@ def serving(settings: Settings, *options: str) -> Iterator[str]:
             for pid in started | {process.pid}:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
+
+
+@pytest.fixture
+def served(open_queue, trained_model, many_images, datasets):
+    """A home with its daemon and webserver (`serving`): (RunService, webserver URL). The tiny
+    model is registered as `dumps`; data/ holds `photos` (600 images: long enough to be stopped
+    while it runs), `urgent` (16 images) and `annotated` (a COCO dataset)."""
+    queue = open_queue()
+    register_as(queue.store, "dumps", trained_model[1])
+    data = queue.settings.data_dir
+    data.mkdir(parents=True, exist_ok=True)
+    (data / "photos").symlink_to(many_images)
+    (data / "urgent").symlink_to(datasets / "unseen" / "images")
+    shutil.copytree(datasets / "train", data / "annotated")
+    with serving(queue.settings) as url:
+        yield queue, url
+
+
+def system_tool(name: str) -> str:
+    """A program from the OS packages (`scripts/install test` installs them where it can):
+    its path. Without it the test is skipped, unless DETECTION_PIPELINE_REQUIRE_SYSTEM_TOOLS=1
+    (as in CI)."""
+    path = shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin")
+    if path is None:
+        if REQUIRE_SYSTEM_TOOLS:
+            raise AssertionError(f"{name} is not installed (apt-get install {name})")
+        pytest.skip(f"{name} is not installed (apt-get install {name})")
+    return path

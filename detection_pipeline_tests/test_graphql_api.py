@@ -3,7 +3,6 @@ against a real webserver and daemon, the CLI through --url, and a read-only webs
 
 import json
 import re
-import shutil
 from pathlib import Path
 
 import pytest
@@ -11,28 +10,13 @@ from dagster_graphql import DagsterGraphQLClient, DagsterGraphQLClientError
 
 from detection_pipeline.records.service import TERMINATED
 
-from .conftest import cli, detect_config, register_as, serving, wait_until
+from .conftest import cli, detect_config, serving, wait_until
 
 DOCS = Path(__file__).parents[1] / "docs" / "graphql.md"
 
 
 def python_blocks(markdown: str) -> list[str]:
     return re.findall(r"```python\n(.*?)```", markdown, flags=re.DOTALL)
-
-
-@pytest.fixture
-def served(open_queue, trained_model, many_images, datasets):
-    """A home with its daemon and webserver (on SQLite: PostgreSQL changes nothing over GraphQL),
-    the tiny model registered as `dumps`, and the data folders the docs use."""
-    queue = open_queue()
-    register_as(queue.store, "dumps", trained_model[1])
-    data = queue.settings.data_dir
-    data.mkdir(parents=True, exist_ok=True)
-    (data / "photos").symlink_to(many_images)  # long enough to be stopped while it runs
-    (data / "urgent").symlink_to(datasets / "unseen" / "images")
-    shutil.copytree(datasets / "train", data / "annotated")
-    with serving(queue.settings) as url:
-        yield queue, url
 
 
 @pytest.mark.parametrize("open_queue", ["sqlite"], indirect=True)
