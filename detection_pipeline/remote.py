@@ -152,8 +152,16 @@ class RemoteService:
     """Submits and follows runs through a webserver's GraphQL API."""
 
     def __init__(self, url: str):
-        self.url = url
         parts = _client_parts(url)
+        # What messages show: the URL without the password in it.
+        self.url = (
+            urllib.parse.urlsplit(url)
+            ._replace(
+                netloc=f"{parts['hostname']}"
+                + (f":{parts['port_number']}" if parts["port_number"] else "")
+            )
+            .geturl()
+        )
         self.client = DagsterGraphQLClient(**parts)
         self._graphql = Client(
             transport=RequestsHTTPTransport(url=self.client._url, auth=parts["auth"], timeout=60)

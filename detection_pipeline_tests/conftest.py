@@ -275,18 +275,19 @@ def answers(url: str) -> bool:
 
 
 @contextlib.contextmanager
-def serving(settings: Settings, *options: str) -> Iterator[str]:
-    """`detection-pipeline webserver OPTIONS` on the home, on a free local port: yields its URL,
-    then stops it and everything it started."""
+def serving(settings: Settings, read_only: bool = False, path_prefix: str = "") -> Iterator[str]:
+    """`detection-pipeline webserver` on the home, on a free local port: yields its URL (with
+    the path prefix), then stops it and everything it started."""
     port = free_port()
     log = settings.home / f"webserver-{port}.log"
+    options = ["--read-only"] * read_only + (["--path-prefix", path_prefix] if path_prefix else [])
     process = subprocess.Popen(
         [CLI, "webserver", "--port", str(port), *options],
         env={**os.environ, "DAGSTER_HOME": str(settings.home)},
         stdout=log.open("w"),
         stderr=subprocess.STDOUT,
     )
-    url = f"http://127.0.0.1:{port}"
+    url = f"http://127.0.0.1:{port}{path_prefix}"
     try:
         wait_until(lambda: answers(f"{url}/server_info") or process.poll() is not None, 120)
         assert process.poll() is None, log.read_text()

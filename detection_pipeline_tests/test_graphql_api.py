@@ -104,7 +104,7 @@ def test_a_read_only_webserver_launches_and_stops_nothing(served, datasets):
     record = queue.submit(
         "detection", {"images": [str(datasets / "unseen" / "images")], "model": "dumps"}
     )
-    with serving(queue.settings, "--read-only") as read_only:
+    with serving(queue.settings, read_only=True) as read_only:
         client = DagsterGraphQLClient("127.0.0.1", port_number=int(read_only.rsplit(":", 1)[1]))
         with pytest.raises(DagsterGraphQLClientError, match="Unauthorized|permission"):
             client.submit_job_execution(
