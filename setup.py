@@ -35,6 +35,7 @@ setup(
         "pillow",
         "matplotlib",
         "pyyaml",
+        "prometheus-client>=0.20",  # detection-pipeline metrics
         # mmengine imports pkg_resources at run time (setuptools 81 dropped it); torch 2.13
         # needs at least 77.0.3.
         "setuptools>=77.0.3,<81",

@@ -516,6 +516,29 @@ def status(as_json):
     sys.exit(0 if report.healthy else 1)
 
 
+@main.command()
+@click.option("--port", default=9464, show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+def metrics(port, host):
+    """Serve Prometheus metrics of the queue at http://HOST:PORT/metrics until Ctrl-C: runs
+    waiting per queue and how long, processing runs, ended runs, retries, run durations,
+    images/s, daemon health. deploy/ has alert rules and a Grafana dashboard."""
+    from prometheus_client import REGISTRY, start_http_server
+
+    from .metrics import QueueCollector
+
+    with _service() as service:
+        REGISTRY.register(QueueCollector(service.instance, service.settings))
+        server, _ = start_http_server(port, addr=host)
+        click.echo(f"metrics: http://{host}:{port}/metrics (home {service.settings.home})")
+        sys.stdout.flush()
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            server.shutdown()
+
+
 @main.command("delete-model")
 @click.argument("name")
 def delete_model(name):

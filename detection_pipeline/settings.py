@@ -54,6 +54,8 @@ class QueueSettings(_Section):
     # Dagster's dagster/priority: higher runs first.
     priority: int = 0
     retry: RetryPolicy = RetryPolicy()
+    # How long a run may wait for its turn before the alert rule (deploy/prometheus) fires.
+    max_wait_seconds: float = Field(3600, gt=0)
 
 
 # Detection is short and interactive, so it goes before training, as in the system this product

@@ -192,6 +192,26 @@ class RecordStore:
         it, and should that caller die first, the record is due again when the lease ends."""
         return self._update_if(record_id, self._due(now), {"run_at": now + lease})
 
+    def ended_counts(self) -> list[tuple[str, str, str, int, int]]:
+        """(kind, queue, status, runs, attempts beyond the first) of the ended records: one
+        aggregate query, for the metrics."""
+        retries = sa.func.sum(sa.case((RunRecord.attempts > 1, RunRecord.attempts - 1), else_=0))
+        query = (
+            sa.select(RunRecord.kind, RunRecord.queue, RunRecord.status, sa.func.count(), retries)
+            .where(RunRecord.status.not_in(ACTIVE_STATUSES))
+            .group_by(RunRecord.kind, RunRecord.queue, RunRecord.status)
+        )
+        with self._session() as session:
+            return [tuple(row) for row in session.execute(query)]
+
+    def ended_since(self, since: dt.datetime) -> list[RunRecord]:
+        """Records that ended after `since` having started, latest first."""
+        query = sa.select(RunRecord).where(
+            RunRecord.finished_at > since, RunRecord.started_at.is_not(None)
+        )
+        with self._session() as session:
+            return list(session.scalars(query.order_by(RunRecord.finished_at.desc())))
+
     def delete_run(self, record_id: int) -> None:
         with self._session() as session:
             session.execute(sa.delete(RunRecord).where(RunRecord.id == record_id))
