@@ -128,43 +128,49 @@ def _record(record_id: int, runs: list[dict]) -> RemoteRecord:
     )
 
 
-def _client_parts(url: str) -> dict:
-    """DagsterGraphQLClient's arguments for a webserver URL, user and password included
-    (http://user:password@host:3000/prefix, as behind an authenticating proxy)."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise RemoteError(f"{url!r} is not a webserver URL like http://127.0.0.1:3000")
-    auth = None
-    if parts.username:
-        auth = requests.auth.HTTPBasicAuth(
-            urllib.parse.unquote(parts.username), urllib.parse.unquote(parts.password or "")
+@dataclasses.dataclass(frozen=True)
+class Webserver:
+    """A webserver URL taken apart: user and password (as behind an authenticating proxy,
+    http://user:password@host/prefix) go into the requests, never into messages."""
+
+    url: str  # without the user and password
+    auth: requests.auth.HTTPBasicAuth | None
+
+    @classmethod
+    def parse(cls, url: str) -> "Webserver":
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise RemoteError("--url must be a webserver's URL, like http://127.0.0.1:3000")
+        auth = None
+        if parts.username:
+            auth = requests.auth.HTTPBasicAuth(
+                urllib.parse.unquote(parts.username), urllib.parse.unquote(parts.password or "")
+            )
+        host = parts.hostname + (f":{parts.port}" if parts.port else "")
+        return cls(parts._replace(netloc=host).geturl().rstrip("/"), auth)
+
+    def client(self) -> DagsterGraphQLClient:
+        parts = urllib.parse.urlsplit(self.url)
+        return DagsterGraphQLClient(
+            parts.hostname,
+            port_number=parts.port,
+            use_https=parts.scheme == "https",
+            path_prefix=parts.path,
+            auth=self.auth,
         )
-    return {
-        "hostname": parts.hostname,
-        "port_number": parts.port,
-        "use_https": parts.scheme == "https",
-        "path_prefix": parts.path.rstrip("/"),
-        "auth": auth,
-    }
 
 
 class RemoteService:
     """Submits and follows runs through a webserver's GraphQL API."""
 
     def __init__(self, url: str):
-        parts = _client_parts(url)
-        # What messages show: the URL without the password in it.
-        self.url = (
-            urllib.parse.urlsplit(url)
-            ._replace(
-                netloc=f"{parts['hostname']}"
-                + (f":{parts['port_number']}" if parts["port_number"] else "")
-            )
-            .geturl()
-        )
-        self.client = DagsterGraphQLClient(**parts)
+        webserver = Webserver.parse(url)
+        self.url = webserver.url
+        self.client = webserver.client()
         self._graphql = Client(
-            transport=RequestsHTTPTransport(url=self.client._url, auth=parts["auth"], timeout=60)
+            transport=RequestsHTTPTransport(
+                url=f"{webserver.url}/graphql", auth=webserver.auth, timeout=60
+            )
         )
 
     def _runs(self, tags: dict[str, str] | None = None, limit: int | None = None) -> list[dict]:

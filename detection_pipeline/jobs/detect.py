@@ -35,7 +35,9 @@ class DetectConfig(Config):
     )
     model: str = Field(
         default="",
-        description="A registered model: `name` (latest version) or `name:version`. `detection-pipeline models` lists them.",
+        description="A registered model: `name` (latest version) or `name:version`. They are "
+        "the assets models/NAME in the Catalog (each version with its bbox mAP), and "
+        "`detection-pipeline models` lists them.",
     )
     model_config_path: str = Field(
         default="", description="Instead of `model`: an MMDetection config file …"

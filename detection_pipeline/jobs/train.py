@@ -52,7 +52,8 @@ class TrainConfig(Config):
     base_model: str = Field(
         default="",
         description="Fine-tune a registered model (`name` or `name:version`) instead of "
-        "training from scratch. `detection-pipeline models` lists them.",
+        "training from scratch. Registered models are the assets models/NAME in the Catalog; "
+        "`detection-pipeline models` lists them too.",
     )
     base_config_path: str = Field(
         default="", description="Or fine-tune from an MMDetection config file …"
