@@ -504,6 +504,13 @@ def status(as_json):
         )
     running = ", ".join(f"{r.id} ({r.kind}, queue {r.queue})" for r in report.processing)
     click.echo(f"running: {running or 'nothing'}")
+    if report.queued:
+        click.echo("next in Dagster's queue, in order:")
+    for position, run in enumerate(report.queued, 1):
+        record = f"run {run.record_id}" if run.record_id else "(record being made)"
+        click.echo(
+            f"  {position}. {record} (queue {run.queue}, priority {run.priority}) {run.run_id}"
+        )
     click.echo("sensors and schedules:")
     for item in report.instigators:
         state = "on" if item.running else "off"

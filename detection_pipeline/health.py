@@ -5,9 +5,10 @@ sensors' and schedules' ticks in Dagster's storage."""
 import collections
 import dataclasses
 
-from dagster import DagsterInstance
+from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 from dagster._core.scheduler.instigation import InstigatorStatus
 
+from . import run_tags
 from .records.schema import RunRecord, Status
 from .records.store import RecordStore
 from .settings import Settings
@@ -35,6 +36,17 @@ class InstigatorHealth:
 
 
 @dataclasses.dataclass(frozen=True)
+class QueuedRun:
+    """A run in Dagster's queue; its record id is None until the reconciliation sensor gives
+    it one."""
+
+    run_id: str
+    record_id: int | None
+    queue: str | None
+    priority: int
+
+
+@dataclasses.dataclass(frozen=True)
 class Health:
     daemons: list[DaemonHealth]
     # Waiting runs per queue (every configured queue, empty ones too), and how many of them
@@ -42,6 +54,8 @@ class Health:
     waiting: dict[str, int]
     waiting_for_time: dict[str, int]
     processing: list[RunRecord]
+    # Dagster's queue, next first: what the Dagster UI's Queued tab lists by time.
+    queued: list[QueuedRun]
     instigators: list[InstigatorHealth]
 
     @property
@@ -100,6 +114,22 @@ def _instigators(instance: DagsterInstance, settings: Settings) -> list[Instigat
     return sorted(found, key=lambda instigator: (instigator.kind, instigator.name))
 
 
+def queued_in_order(instance: DagsterInstance) -> list[QueuedRun]:
+    """Dagster's queued runs in the order its run coordinator launches them: the highest
+    dagster/priority first, the oldest first among equals."""
+    runs = reversed(instance.get_runs(RunsFilter(statuses=[DagsterRunStatus.QUEUED])))
+    queued = [
+        QueuedRun(
+            run.run_id,
+            int(run.tags[run_tags.RECORD_ID]) if run_tags.RECORD_ID in run.tags else None,
+            run.tags.get(run_tags.QUEUE),
+            int(run.tags.get(run_tags.PRIORITY, 0)),
+        )
+        for run in runs
+    ]
+    return sorted(queued, key=lambda run: -run.priority)  # stable: oldest first kept
+
+
 def health(instance: DagsterInstance, store: RecordStore, settings: Settings) -> Health:
     waiting_records = store.list_runs(status=Status.WAITING.value)
     waiting = collections.Counter(record.queue for record in waiting_records)
@@ -112,5 +142,6 @@ def health(instance: DagsterInstance, store: RecordStore, settings: Settings) ->
         waiting={queue: waiting[queue] for queue in queues},
         waiting_for_time={queue: for_time[queue] for queue in queues},
         processing=store.list_runs(status=Status.PROCESSING.value),
+        queued=queued_in_order(instance),
         instigators=_instigators(instance, settings),
     )

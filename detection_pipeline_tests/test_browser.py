@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from .conftest import ARTIFACTS, system_tool
+from .conftest import ARTIFACTS, system_tool, wait_until
 
 LOCATION = "detection_pipeline.definitions"
 # Chromium as root in a container, with no network beyond this machine.
@@ -85,3 +85,43 @@ def test_a_detection_run_launched_from_the_launchpad(served, page):
     page.get_by_role("dialog").get_by_text("per class").wait_for()
     page.wait_for_timeout(1000)  # the dialog fades in
     page.screenshot(path=shots / "run-outputs.png")
+
+
+@pytest.mark.parametrize("open_queue", ["sqlite"], indirect=True)
+def test_the_queue_sensors_and_daemon_are_visible(served, page):
+    queue, url = served
+    shots = ARTIFACTS / "browser"
+    shots.mkdir(parents=True, exist_ok=True)
+    data = queue.settings.data_dir
+    blocker = queue.submit("detection", {"images": [str(data / "photos")], "model": "dumps"})
+    wait_until(lambda: queue.store.get_run(blocker.id).status == "processing", timeout=120)
+    low = queue.submit("training", {"dataset": str(data / "annotated"), "name": "m"})
+    high = queue.submit("detection", {"images": [str(data / "urgent")], "model": "dumps"})
+
+    page.goto(f"{url}/runs?q%5B0%5D=status%3AQUEUED")
+    _dismiss_welcome(page)
+    # Dagster lists queued runs newest first, each with its record and queue; its priority,
+    # by which the queue launches it, is among its tags.
+    for record in (low, high):
+        page.get_by_text(record.dagster_run_id[:8]).first.wait_for()
+        page.get_by_text(f"detection_pipeline/record_id: {record.id}").wait_for()
+    page.screenshot(path=shots / "queued.png")
+    page.get_by_text("View all tags").first.click()
+    page.get_by_role("dialog").get_by_text("priority").first.wait_for()
+    page.wait_for_timeout(1000)  # the dialog fades in
+    page.screenshot(path=shots / "queued-tags.png")
+    page.keyboard.press("Escape")
+
+    page.goto(f"{url}/automation")
+    for sensor in ("reconcile_runs", "retry_failed_runs", "delayed_runs"):
+        page.get_by_text(sensor, exact=True).first.wait_for()
+    page.screenshot(path=shots / "automation.png")
+    page.goto(f"{url}/deployment/daemons")
+    for daemon in ("Scheduler", "Sensors", "Run queue"):
+        page.get_by_text(daemon, exact=True).first.wait_for()
+    page.get_by_text("Running", exact=True).first.wait_for()
+    page.screenshot(path=shots / "daemons.png")
+
+    for record in (low, high):
+        queue.cancel(record.id)
+    queue.terminate(blocker.id)

@@ -80,7 +80,8 @@ def test_the_cli_works_through_the_webserver(served, datasets):
     wait_until(lambda: queue.store.get_run(running["id"]).status == "processing", timeout=120)
     terminated = _json(cli(*remote, "terminate", str(running["id"]), "--json"))
     assert (terminated["status"], terminated["error"]) == ("error", TERMINATED)
-    assert queue.store.get_run(running["id"]).error == TERMINATED
+    # the server's record follows within a tick of its reconciliation sensor
+    wait_until(lambda: queue.store.get_run(running["id"]).error == TERMINATED, timeout=30)
 
     shown = cli(*remote, "show", str(running["id"]))
     assert "terminated by user" in shown.stdout

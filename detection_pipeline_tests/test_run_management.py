@@ -12,6 +12,7 @@ import pytest
 from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 
 from detection_pipeline.errors import NotAllowed
+from detection_pipeline.health import health
 from detection_pipeline.records import RecordNotFound
 from detection_pipeline.records.schema import utcnow
 from detection_pipeline.records.service import TERMINATED, RunService
@@ -38,6 +39,8 @@ def test_a_higher_priority_run_goes_before_earlier_lower_ones(queue, datasets, m
     blocker = start_blocker(queue, many_images)
     low = [queue.submit("detection", detection(images), priority=1) for _ in range(2)]
     high = queue.submit("detection", detection(images), priority=50)
+    next_up = [run.record_id for run in health(queue.instance, queue.store, queue.settings).queued]
+    assert next_up == [high.id, low[0].id, low[1].id]  # what `status` prints
     finished = {r.id: queue.wait(r.id, timeout_seconds=600) for r in [blocker, *low, high]}
     assert {r.status for r in finished.values()} == {"success"}
     order = sorted(finished.values(), key=lambda r: r.started_at)

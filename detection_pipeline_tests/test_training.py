@@ -9,7 +9,9 @@ from mmengine.config import Config
 from detection_pipeline.datasets.split import split_coco
 from detection_pipeline.errors import InputError
 from detection_pipeline.jobs.train import TrainConfig, check_training_inputs
+from detection_pipeline.models import model_asset_key
 from detection_pipeline.records import record_store
+from detection_pipeline.records.service import RunService
 
 from .conftest import execute_job, train_config
 
@@ -92,3 +94,26 @@ def test_fine_tuning_starts_from_the_base_weights_and_keeps_only_the_best_epoch(
         assert [p.name for p in Path(model.checkpoint).parent.glob("*.pth")] == ["best.pth"]
         run_dir = settings.runs_dir / str(model.training_record_id)
         assert not list(run_dir.rglob("*.pth"))
+
+
+def test_a_trained_model_shows_in_the_catalog_and_its_run_shows_its_curve(trained_model, datasets):
+    settings, _ = trained_model
+    with instance_for_test(temp_dir=str(settings.home)) as instance:
+        result = execute_job(
+            settings,
+            "train",
+            run_config=train_config(datasets / "train", "shown", EPOCHS),
+            instance=instance,
+        )
+        event = instance.get_latest_materialization_event(model_asset_key("shown"))
+        metadata = event.asset_materialization.metadata
+        assert metadata["model"].value == "shown:1" and metadata["version"].value == 1
+        curve = next(
+            e.step_output_data.metadata["training curve"].value
+            for e in result.all_events
+            if e.step_key == "collect_outputs" and e.is_successful_output
+        )
+        assert curve.startswith("![training curve](data:image/png;base64,iVBORw0KGgo")
+
+        RunService(instance, settings).delete_model("shown")
+        assert instance.get_latest_materialization_event(model_asset_key("shown")) is None

@@ -489,11 +489,15 @@ class RunService:
     def wait(
         self, record_id: int, timeout_seconds: float | None = None, poll_seconds: float = 1.0
     ) -> RunRecord:
-        """Blocks until the run ends, retries included; returns its final record."""
+        """Blocks until the run ends, retries included, and its Dagster run with it (the run
+        marks its record a success in its last op, a moment before Dagster's run ends); returns
+        its final record."""
         deadline = None if timeout_seconds is None else time.monotonic() + timeout_seconds
         while True:
             record = self.get_run(record_id)
-            if record.status in FINAL_STATUSES and not record.retry_pending:
+            run = self._dagster_run(record)
+            ended = record.status in FINAL_STATUSES and not record.retry_pending
+            if ended and (run is None or run.is_finished):
                 return record
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(
