@@ -2,16 +2,17 @@
 
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")  # run workers have no display
-import matplotlib.pyplot as plt
-from matplotlib.ticker import MaxNLocator
-
 from ..mmdet_runner.specs import BEST_METRIC
 
 
 def draw_training_curve(epochs: list[dict], path: Path) -> Path:
+    # Imported here: every run worker and daemon loads the jobs, and only training draws.
+    import matplotlib
+
+    matplotlib.use("Agg")  # run workers have no display
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
     numbers = [epoch["epoch"] for epoch in epochs]
     figure, (loss_axes, map_axes) = plt.subplots(1, 2, figsize=(9, 3.5))
     loss_axes.plot(numbers, [epoch["loss"] for epoch in epochs], marker="o")
