@@ -4,12 +4,13 @@ sensors' and schedules' ticks in Dagster's storage."""
 
 import collections
 import dataclasses
+import datetime as dt
 
 from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 from dagster._core.scheduler.instigation import InstigatorStatus
 
 from . import run_tags
-from .records.schema import RunRecord, Status
+from .records.schema import RunRecord, Status, utcnow
 from .records.store import RecordStore
 from .settings import Settings
 
@@ -53,6 +54,9 @@ class Health:
     # wait for a time (a delay, or the next try) rather than for their turn.
     waiting: dict[str, int]
     waiting_for_time: dict[str, int]
+    # Seconds the run that has waited longest for its turn has waited, per queue (a delayed
+    # run or a retry waits from its time on; 0 for an empty queue).
+    longest_wait: dict[str, float]
     processing: list[RunRecord]
     # Dagster's queue, next first: what the Dagster UI's Queued tab lists by time.
     queued: list[QueuedRun]
@@ -130,7 +134,13 @@ def queued_in_order(instance: DagsterInstance) -> list[QueuedRun]:
     return sorted(queued, key=lambda run: -run.priority)  # stable: oldest first kept
 
 
+def _waited_seconds(record: RunRecord, now: dt.datetime) -> float:
+    since = max(record.created_at, record.run_at or record.created_at)
+    return max((now - since).total_seconds(), 0.0)
+
+
 def health(instance: DagsterInstance, store: RecordStore, settings: Settings) -> Health:
+    now = utcnow()
     waiting_records = store.list_runs(status=Status.WAITING.value)
     waiting = collections.Counter(record.queue for record in waiting_records)
     for_time = collections.Counter(
@@ -141,6 +151,13 @@ def health(instance: DagsterInstance, store: RecordStore, settings: Settings) ->
         daemons=_daemons(instance),
         waiting={queue: waiting[queue] for queue in queues},
         waiting_for_time={queue: for_time[queue] for queue in queues},
+        longest_wait={
+            queue: max(
+                (_waited_seconds(r, now) for r in waiting_records if r.queue == queue),
+                default=0.0,
+            )
+            for queue in queues
+        },
         processing=store.list_runs(status=Status.PROCESSING.value),
         queued=queued_in_order(instance),
         instigators=_instigators(instance, settings),

@@ -49,7 +49,6 @@ class QueueCollector(Collector):
         self.store = record_store(instance)
 
     def collect(self):
-        now = utcnow()
         report = health(self.instance, self.store, self.settings)
         up = GaugeMetricFamily(f"{PREFIX}_daemon_up", "1 while every Dagster daemon is healthy")
         up.add_metric([], float(report.healthy))
@@ -69,13 +68,9 @@ class QueueCollector(Collector):
             "How long a run may wait for its turn (settings: queues.NAME.max_wait_seconds)",
             labels=["queue"],
         )
-        waits: dict[str, list[float]] = {queue: [] for queue in report.waiting}
-        for record in self.store.list_runs(status=Status.WAITING.value):
-            since = max(record.created_at, record.run_at or record.created_at)
-            waits[record.queue].append(max((now - since).total_seconds(), 0.0))
-        for queue, seconds in waits.items():
-            waiting.add_metric([queue], len(seconds))
-            oldest.add_metric([queue], max(seconds, default=0.0))
+        for queue, count in report.waiting.items():
+            waiting.add_metric([queue], count)
+            oldest.add_metric([queue], report.longest_wait[queue])
             allowed.add_metric([queue], self.settings.queue(queue).max_wait_seconds)
         yield from (waiting, oldest, allowed)
 
@@ -100,7 +95,7 @@ class QueueCollector(Collector):
             retries.add_metric([queue], count)
         yield from (ended, retries)
 
-        recent = self.store.ended_since(now - DURATION_WINDOW)
+        recent = self.store.ended_since(utcnow() - DURATION_WINDOW)
         durations: dict[str, list[float]] = {}
         for record in recent:
             seconds = (record.finished_at - record.started_at).total_seconds()

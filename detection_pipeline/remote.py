@@ -22,7 +22,15 @@ from . import run_tags
 from .errors import NotAllowed
 from .records import RecordNotFound
 from .records.schema import ACTIVE_STATUSES, FINAL_STATUSES, Status
-from .records.service import JOBS, TERMINATED, parse_params, run_config
+from .records.service import (
+    JOBS,
+    KIND_OF_JOB,
+    TERMINATED,
+    model_of,
+    params_of,
+    parse_params,
+    run_config,
+)
 
 RUNS_QUERY = gql(
     """
@@ -40,7 +48,6 @@ RUNS_QUERY = gql(
 # How long a submitted run may wait for its record: the server's reconciliation sensor gives
 # it one within a tick (5 s) while it is queued.
 ADOPTION_TIMEOUT_SECONDS = 60
-KIND_OF_JOB = {job.job_name: kind for kind, job in JOBS.items()}
 WAITING_RUN_STATUSES = {"QUEUED", "NOT_STARTED", "STARTING", "MANAGED"}
 RUN_STATUS_OF_FINISHED = {"SUCCESS": Status.SUCCESS.value, "FAILURE": Status.ERROR.value}
 
@@ -84,6 +91,10 @@ class RemoteRecord:
         }
 
 
+def _tags(run: dict) -> dict[str, str]:
+    return {tag["key"]: tag["value"] for tag in run["tags"]}
+
+
 def _status(run: dict, written: str | None) -> str:
     """The record's status: the one written on its latest run, unless that run has ended since
     and the server's reconciliation sensor is yet to catch up (a tick, 5 s)."""
@@ -102,19 +113,18 @@ def _status(run: dict, written: str | None) -> str:
 def _record(record_id: int, runs: list[dict]) -> RemoteRecord:
     """The record whose attempts are `runs`, oldest first."""
     first, latest = runs[0], runs[-1]
-    tags = {tag["key"]: tag["value"] for tag in latest["tags"]}
+    tags = _tags(latest)
     status = _status(latest, tags.get(run_tags.RECORD_STATUS))
     terminated = latest["status"] == "CANCELED" and status == Status.ERROR.value
     next_try = tags.get(run_tags.NEXT_TRY) if status == Status.WAITING.value else None
     kind = KIND_OF_JOB[latest["jobName"]]
-    params = first["runConfig"].get("ops", {}).get(JOBS[kind].config_op, {}).get("config", {})
     return RemoteRecord(
         id=record_id,
         kind=kind,
         status=status,
         queue=tags.get(run_tags.QUEUE, ""),
         priority=int(tags.get(run_tags.PRIORITY, 0)),
-        model=params.get("model") or params.get("name"),
+        model=model_of(params_of(kind, first["runConfig"])),
         created_at=dt.datetime.fromtimestamp(first["creationTime"], dt.UTC),
         dagster_run_ids=[run["runId"] for run in runs],
         error=tags.get(run_tags.ERROR) or (TERMINATED if terminated else None),
@@ -173,9 +183,8 @@ class RemoteService:
             )
         )
 
-    def _runs(self, tags: dict[str, str] | None = None, limit: int | None = None) -> list[dict]:
-        """Runs of this product's jobs, oldest first."""
-        run_filter = {"tags": [{"key": k, "value": v} for k, v in (tags or {}).items()]}
+    def _runs(self, run_filter: dict | None = None, limit: int | None = None) -> list[dict]:
+        """Runs of this product's jobs (GraphQL's RunsFilter), oldest first."""
         try:
             answer = self._graphql.execute(
                 RUNS_QUERY, variable_values={"filter": run_filter, "limit": limit}
@@ -194,14 +203,14 @@ class RemoteService:
         their record (the server's sensor gives them one within seconds) are left out."""
         attempts: dict[int, list[dict]] = {}
         for run in self._runs(limit=limit):
-            tags = {tag["key"]: tag["value"] for tag in run["tags"]}
+            tags = _tags(run)
             if run_tags.RECORD_ID in tags:
                 attempts.setdefault(int(tags[run_tags.RECORD_ID]), []).append(run)
         records = [_record(record_id, runs) for record_id, runs in sorted(attempts.items())]
         return [r for r in records if status in (None, r.status) and queue in (None, r.queue)]
 
     def get_run(self, record_id: int) -> RemoteRecord:
-        runs = self._runs({run_tags.RECORD_ID: str(record_id)})
+        runs = self._runs({"tags": [{"key": run_tags.RECORD_ID, "value": str(record_id)}]})
         if not runs:
             raise RecordNotFound(
                 f"no run with id {record_id} at {self.url}: `detection-pipeline --url "
@@ -230,8 +239,8 @@ class RemoteService:
             raise RemoteError(f"{self.url} did not take the run: {error}") from error
         deadline = time.monotonic() + ADOPTION_TIMEOUT_SECONDS
         while time.monotonic() < deadline:
-            [run] = self._runs_by_id(run_id)
-            tags = {tag["key"]: tag["value"] for tag in run["tags"]}
+            [run] = self._runs({"runIds": [run_id]}, limit=1)
+            tags = _tags(run)
             if run_tags.RECORD_ID in tags:
                 return self.get_run(int(tags[run_tags.RECORD_ID]))
             time.sleep(1)
@@ -240,12 +249,6 @@ class RemoteService:
             f"{ADOPTION_TIMEOUT_SECONDS} s: is the server's daemon running "
             "(`detection-pipeline status` there)?"
         )
-
-    def _runs_by_id(self, run_id: str) -> list[dict]:
-        answer = self._graphql.execute(
-            RUNS_QUERY, variable_values={"filter": {"runIds": [run_id]}, "limit": 1}
-        )["runsOrError"]
-        return answer["results"]
 
     def cancel(self, record_id: int) -> RemoteRecord:
         """Takes a queued run off the server's queue."""

@@ -49,6 +49,6 @@ class MirroredRecordStore(RecordStore):
 
     def add_attempt(self, record_id: int, dagster_run_id: str) -> RunRecord:
         record = super().add_attempt(record_id, dagster_run_id)
-        for earlier in record.dagster_run_ids[:-1][-1:]:
-            self._tag(earlier, {run_tags.RECORD_STATUS: RETRIED})
+        if len(record.dagster_run_ids) > 1:
+            self._tag(record.dagster_run_ids[-2], {run_tags.RECORD_STATUS: RETRIED})
         return record

@@ -138,9 +138,17 @@ def _queue_dagster_run(
     return run.run_id
 
 
+KIND_OF_JOB = {job.job_name: kind for kind, job in JOBS.items()}
+
+
 def run_config(kind: str, params: dict) -> dict:
     """The Dagster run config of a `kind` run with `params`."""
     return {"ops": {JOBS[kind].config_op: {"config": params}}}
+
+
+def params_of(kind: str, config: dict) -> dict:
+    """The parameters in a `kind` run's Dagster run config: `run_config` read back."""
+    return config.get("ops", {}).get(JOBS[kind].config_op, {}).get("config", {})
 
 
 def parse_params(kind: str, params: dict):
@@ -150,7 +158,7 @@ def parse_params(kind: str, params: dict):
         raise InputError(f"invalid {kind} parameters: {validation_problems(error)}") from error
 
 
-def _model_of(params: dict) -> str | None:
+def model_of(params: dict) -> str | None:
     """The model a detection run uses, or the one a training run registers."""
     return params.get("model") or params.get("name")
 
@@ -214,7 +222,7 @@ class RunService:
             queue,
             priority,
             config.model_dump(),
-            _model_of(params),
+            model_of(params),
             run_at=run_at if delayed else now + QUEUEING_LEASE,
             key=key,
         )
@@ -443,17 +451,15 @@ class RunService:
         return changed
 
     def _adopt_queued_runs(self) -> list[int]:
-        kind_of_job = {job.job_name: kind for kind, job in JOBS.items()}
         queued = self.instance.get_runs(RunsFilter(statuses=[DagsterRunStatus.QUEUED]))
         adopted = []
         for run in queued:
-            if run_tags.RECORD_ID in run.tags or run.job_name not in kind_of_job:
+            if run_tags.RECORD_ID in run.tags or run.job_name not in KIND_OF_JOB:
                 continue
-            kind = kind_of_job[run.job_name]
-            op_config = run.run_config.get("ops", {}).get(JOBS[kind].config_op, {})
-            params = op_config.get("config", {})
+            kind = KIND_OF_JOB[run.job_name]
+            params = params_of(kind, run.run_config)
             adopted.append(
-                adopt_run(self.instance, self.store, run, kind, params, _model_of(params))
+                adopt_run(self.instance, self.store, run, kind, params, model_of(params))
             )
         return adopted
 
