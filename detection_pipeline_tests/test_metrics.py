@@ -8,6 +8,7 @@ import re
 import subprocess
 from pathlib import Path
 
+import pytest
 import requests
 from dagster import DagsterInstance
 from prometheus_client.parser import text_string_to_metric_families
@@ -62,8 +63,10 @@ def _scrape(url: str) -> tuple[str, dict[tuple[str, tuple], float]]:
     return text, samples
 
 
-def test_the_exporter_reports_the_queue_from_the_records(tmp_path):
-    settings = make_home(tmp_path / "home")
+@pytest.mark.parametrize("storage", ["sqlite", "postgres"])
+def test_the_exporter_reports_the_queue_from_the_records(tmp_path, request, storage):
+    postgres_url = request.getfixturevalue("postgres_url") if storage == "postgres" else None
+    settings = make_home(tmp_path / "home", postgres_url)
     with DagsterInstance.from_config(str(settings.home)) as instance:
         _records(record_store(instance), settings.runs_dir)
     port = free_port()
