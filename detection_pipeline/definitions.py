@@ -24,7 +24,10 @@ def build_resources(settings: Settings) -> dict:
             roots=settings.input_roots,
         ),
         "runner": MMDetRunner(
-            python_executable=settings.python_executable, timeout_seconds=settings.timeout_seconds
+            python_executable=settings.python_executable,
+            timeout_seconds=settings.timeout_seconds,
+            warm_worker=settings.warm_worker,
+            warm_idle_seconds=settings.warm_idle_seconds,
         ),
     }
 

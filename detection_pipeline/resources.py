@@ -45,10 +45,13 @@ class RunFolders:
 
 @dataclasses.dataclass(frozen=True)
 class MMDetRunner:
-    """Runs MMDetection work in a killable child process."""
+    """Runs MMDetection work in a killable child process, forked by the warm worker unless
+    `warm_worker` is off."""
 
     python_executable: str
     timeout_seconds: int
+    warm_worker: bool
+    warm_idle_seconds: int
 
     def run(
         self,
@@ -58,12 +61,4 @@ class MMDetRunner:
         record_id: int,
     ) -> dict:
         spec_path = write_spec(spec, run_dir / f"{spec.action}_spec.json")
-        return run_mmdetection_child(
-            context,
-            spec,
-            spec_path,
-            run_dir,
-            record_id,
-            self.python_executable,
-            self.timeout_seconds,
-        )
+        return run_mmdetection_child(context, self, spec, spec_path, run_dir, record_id)

@@ -13,7 +13,7 @@ from pathlib import Path
 from . import run_tags
 
 
-def _start_ticks(pid: int) -> str | None:
+def start_ticks(pid: int) -> str | None:
     """The process's start time in clock ticks since boot; None when there is no such process."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
@@ -27,7 +27,7 @@ def this_process(run_id: str) -> str:
     """This process as the worker of run `run_id`, as it writes it into the run's tags."""
     pid = os.getpid()
     return json.dumps(
-        {"run_id": run_id, "host": socket.gethostname(), "pid": pid, "start": _start_ticks(pid)}
+        {"run_id": run_id, "host": socket.gethostname(), "pid": pid, "start": start_ticks(pid)}
     )
 
 
@@ -43,4 +43,4 @@ def is_alive(worker: dict) -> bool | None:
     cannot look."""
     if worker["host"] != socket.gethostname():
         return None
-    return _start_ticks(worker["pid"]) == worker["start"]
+    return start_ticks(worker["pid"]) == worker["start"]

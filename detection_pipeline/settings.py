@@ -108,6 +108,11 @@ class Settings(_Section):
     python_executable: str = sys.executable
     # A run's MMDetection work is killed after this long.
     timeout_seconds: int = 6 * 3600
+    # Runs' MMDetection children are forked by a warm worker that has torch and MMDetection
+    # imported and recent models loaded (seconds faster per run); off, each run starts a new
+    # Python. The warm worker stops after this many seconds without work.
+    warm_worker: bool = True
+    warm_idle_seconds: int = Field(900, ge=1)
     queues: dict[str, QueueSettings] = Field(default_factory=lambda: dict(DEFAULT_QUEUES))
     schedules: tuple[ScheduleSettings, ...] = ()
     inbox: InboxSettings | None = None

@@ -22,6 +22,7 @@ from detection_pipeline.dagster_services import running_daemon
 from detection_pipeline.datasets.synthetic import make_dataset
 from detection_pipeline.definitions import build_definitions
 from detection_pipeline.instance import write_instance_config
+from detection_pipeline.jobs.warm_child import RUNTIME_DIR_ENV, stop_warm_workers
 from detection_pipeline.records import record_store
 from detection_pipeline.records.service import RunService
 from detection_pipeline.settings import QueueSettings, RetryPolicy, Settings
@@ -97,6 +98,15 @@ def datasets(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.fixture(scope="session", autouse=True)
+def warm_workers(tmp_path_factory) -> Iterator[Path]:
+    """The session's warm workers live in a runtime folder of their own, and stop at its end."""
+    path = tmp_path_factory.mktemp("runtime")
+    os.environ[RUNTIME_DIR_ENV] = str(path)
+    yield path
+    stop_warm_workers()
+
+
 def make_home(path: Path, postgres_url: str | None = None, input_roots=(), **settings) -> Settings:
     """A Dagster home the way `detection-pipeline init [--input-root ...]` makes it."""
     path.mkdir(parents=True, exist_ok=True)
@@ -145,14 +155,19 @@ NO_RETRIES = {
 def open_queue(request, tmp_path, datasets, trained_model, monkeypatch):
     """Opens a RunService on a new home (SQLite or PostgreSQL) with its Dagster daemon running,
     the session's tiny model registered as `tiny`, and that home in $DAGSTER_HOME. Settings
-    given override the home's; MMDetection runs through `python_wrapper` unless another
-    python_executable is given, and failed runs are not retried unless queues say so."""
+    given override the home's; MMDetection runs in a new Python started through
+    `python_wrapper` (no warm worker) unless other settings are given, and failed runs are not
+    retried unless queues say so."""
     postgres_url = request.getfixturevalue("postgres_url") if request.param == "postgres" else None
     model = trained_model[1]
     with contextlib.ExitStack() as stack:
 
         def open_(with_daemon: bool = True, **settings) -> RunService:
-            defaults = {"python_executable": str(python_wrapper(tmp_path)), "queues": NO_RETRIES}
+            defaults = {
+                "python_executable": str(python_wrapper(tmp_path)),
+                "warm_worker": False,
+                "queues": NO_RETRIES,
+            }
             settings = make_home(
                 tmp_path / "home",
                 postgres_url,

@@ -22,6 +22,7 @@ def test_a_timeout_kills_mmdetection_and_everything_it_started(tmp_path, dataset
         tmp_path / "home",
         input_roots=[datasets],
         python_executable=str(wrapper),
+        warm_worker=False,  # a new Python per run, through the wrapper
         timeout_seconds=15,
     )
 

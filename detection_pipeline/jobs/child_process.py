@@ -5,12 +5,14 @@ failure kills MMDetection and everything it started, not just the direct child: 
 SIGINT to the run worker only, and Pipes forwards it to its direct child only.
 """
 
+import contextlib
 import os
 import queue
 import subprocess
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from dagster import (
     Failure,
@@ -23,6 +25,10 @@ from dagster import (
 
 from ..mmdet_runner.specs import RUN_WORKER_PID_ENV, InferSpec, TrainSpec
 from ..process_group import kill_process_group
+from .warm_child import WarmChild, WarmWorkerUnavailable, fork_child
+
+if TYPE_CHECKING:
+    from ..resources import MMDetRunner
 
 LOG_FLUSH_SECONDS = 1.0
 FAILURE_TAIL_LINES = 30
@@ -61,27 +67,67 @@ def close_abandoned_log(run_dir: Path, record_id: int, reason: str) -> None:
         running.rename(log_path(run_dir, record_id, succeeded=False))
 
 
+def _start_child(
+    context: OpExecutionContext,
+    runner: "MMDetRunner",
+    spec: TrainSpec | InferSpec,
+    spec_path: Path,
+    run_dir: Path,
+    env: dict[str, str],
+) -> subprocess.Popen | WarmChild:
+    """The child, forked by the warm worker, or a new Python when there is none to be had."""
+    if runner.warm_worker:
+        try:
+            child = fork_child(
+                runner.python_executable,
+                spec.device,
+                runner.warm_idle_seconds,
+                spec.action,
+                spec_path,
+                run_dir,
+                env,
+            )
+        except WarmWorkerUnavailable as error:
+            context.log.warning(f"{error}; starting MMDetection in a new Python instead")
+        else:
+            context.log.info(
+                f"MMDetection {spec.action} started by the warm worker (pid {child.pid})"
+            )
+            return child
+    command = [
+        runner.python_executable,
+        "-m",
+        "detection_pipeline.mmdet_runner",
+        spec.action,
+        str(spec_path),
+    ]
+    process = subprocess.Popen(
+        command,
+        cwd=run_dir,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    context.log.info(f"MMDetection {spec.action} started (pid {process.pid}): {' '.join(command)}")
+    return process
+
+
 def run_mmdetection_child(
     context: OpExecutionContext,
+    runner: "MMDetRunner",
     spec: TrainSpec | InferSpec,
     spec_path: Path,
     run_dir: Path,
     record_id: int,
-    python_executable: str,
-    timeout_seconds: float,
 ) -> dict:
     """Runs `spec` in a child process; returns the summary the child reported over Pipes.
 
     The child's output goes to the Dagster run log (in one-second batches) and to
     succ_<record_id>.txt or error_<record_id>.txt in the run's folder.
     """
-    command = [
-        python_executable,
-        "-m",
-        "detection_pipeline.mmdet_runner",
-        spec.action,
-        str(spec_path),
-    ]
+    timeout_seconds = runner.timeout_seconds
     running_log = running_log_path(run_dir, record_id)
     lines: queue.Queue = queue.Queue()
     tail: list[str] = []
@@ -96,23 +142,13 @@ def run_mmdetection_child(
             ) as session,
             running_log.open("w") as log_file,
         ):
-            process = subprocess.Popen(
-                command,
-                cwd=run_dir,
-                env={
-                    **os.environ,
-                    **session.get_bootstrap_env_vars(),
-                    "PYTHONUNBUFFERED": "1",
-                    RUN_WORKER_PID_ENV: str(os.getpid()),
-                },
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-                start_new_session=True,
-            )
-            context.log.info(
-                f"MMDetection {spec.action} started (pid {process.pid}): {' '.join(command)}"
-            )
+            env = {
+                **os.environ,
+                **session.get_bootstrap_env_vars(),
+                "PYTHONUNBUFFERED": "1",
+                RUN_WORKER_PID_ENV: str(os.getpid()),
+            }
+            process = _start_child(context, runner, spec, spec_path, run_dir, env)
             reader = threading.Thread(
                 target=_read_lines, args=(process.stdout, lines, log_file), daemon=True
             )
@@ -133,7 +169,8 @@ def run_mmdetection_child(
                             "and was killed; raise timeout_seconds in detection_pipeline.yaml if it needs longer"
                         )
                         break
-                    time.sleep(LOG_FLUSH_SECONDS)
+                    with contextlib.suppress(subprocess.TimeoutExpired):
+                        process.wait(timeout=LOG_FLUSH_SECONDS)  # returns as the child exits
                     flush()
             finally:
                 # Also after a normal exit: nothing the child started may outlive it.

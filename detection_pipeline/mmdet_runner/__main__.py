@@ -15,6 +15,7 @@ import time
 
 from dagster_pipes import PipesEnvVarParamsLoader, open_dagster_pipes
 
+from .. import run_worker
 from .specs import RUN_WORKER_PID_ENV, SPEC_TYPES, read_spec
 
 
@@ -33,12 +34,14 @@ def _use_device(device: str) -> str:
 def _die_with_parent(poll_seconds: float = 1.0) -> None:
     """Kills this process group when the run worker dies, even by SIGKILL, so no work is orphaned.
 
-    The run worker names itself: one that died while this process was starting is already
-    gone from `getppid()`."""
+    The run worker names itself: it is not the parent of a child the warm worker forked, and
+    one that died while this process was starting is gone from `getppid()` already. Its start
+    time tells it from a later process given the same pid."""
     parent = int(os.environ.get(RUN_WORKER_PID_ENV, os.getppid()))
+    started = run_worker.start_ticks(parent)
 
     def watch() -> None:
-        while os.getppid() == parent:
+        while started is not None and run_worker.start_ticks(parent) == started:
             time.sleep(poll_seconds)
         os.killpg(os.getpgid(0), signal.SIGKILL)
 

@@ -6,8 +6,10 @@ large one. A large image's patch results are merged with NMS (mmdet's large-imag
 an object on a patch border is reported once.
 """
 
+import collections
 import dataclasses
 import itertools
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +25,9 @@ from .large_image import Overview, Patch, iter_patches, patch_windows
 from .specs import DRAWN_DIR, InferSpec
 
 PROGRESS_SECONDS = 5.0
+# Models the warm worker keeps loaded (the tiny one takes 60 MB; a large one several hundred).
+WARM_MODELS = 3
+_warm_models: collections.OrderedDict[tuple, DetInferencer] = collections.OrderedDict()
 
 
 @dataclasses.dataclass
@@ -113,12 +118,31 @@ def _image_result(
     }
 
 
+def warm_model(config: str, checkpoint: str, device: str) -> DetInferencer:
+    """The model for these files: loaded once and kept in this process when it runs on the CPU
+    (the warm worker loads it before it forks a run's child, which then finds it here).
+
+    A file replaced under the same name is loaded again; on a GPU every call loads (a model on
+    a GPU cannot be handed to a forked child)."""
+    if device != "cpu":
+        return DetInferencer(model=config, weights=checkpoint, device=device, show_progress=False)
+    key = tuple(
+        (path, os.stat(path).st_mtime_ns, os.stat(path).st_size) for path in (config, checkpoint)
+    )
+    if key not in _warm_models:
+        _warm_models[key] = DetInferencer(
+            model=config, weights=checkpoint, device="cpu", show_progress=False
+        )
+        while len(_warm_models) > WARM_MODELS:
+            _warm_models.popitem(last=False)
+    _warm_models.move_to_end(key)
+    return _warm_models[key]
+
+
 def infer(spec: InferSpec, device: str, report) -> dict:
     """Writes detections.json, the COCO results, GeoJSON and drawn images into spec.out_dir."""
     started_at = time.time()  # wall clock: compared across runs by bench/queue_bench.py
-    inferencer = DetInferencer(
-        model=spec.config, weights=spec.checkpoint, device=device, show_progress=False
-    )
+    inferencer = warm_model(spec.config, spec.checkpoint, device)
     classes = list(inferencer.model.dataset_meta["classes"])
     zones = read_ignore_zones(Path(spec.ignore_zones)) if spec.ignore_zones else None
     progress = Progress(report)

@@ -1,0 +1,134 @@
+"""The warm worker: runs' MMDetection children forked from a process with torch, MMDetection and
+the model loaded, still killable as a whole and still isolated from each other."""
+
+import json
+import os
+import re
+import signal
+import sys
+from pathlib import Path
+
+import pytest
+from dagster import instance_for_test
+
+from detection_pipeline import run_tags, run_worker
+from detection_pipeline.jobs.warm_child import socket_path
+from detection_pipeline.records.service import TERMINATED
+
+from .conftest import alive, detect_config, execute_job, proc_stat, processes_in_group, wait_until
+
+WARM_CHILD = re.compile(r"started by the warm worker \(pid (\d+)\)")
+
+
+def warm_child_pid(instance, run_id: str) -> int | None:
+    """The pid of the run's MMDetection child, as the run's log names it."""
+    for event in instance.all_logs(run_id):
+        if found := WARM_CHILD.search(event.user_message or ""):
+            return int(found[1])
+    return None
+
+
+def detections_of(run_dir: Path) -> list[list[dict]]:
+    images = json.loads((run_dir / "detections.json").read_text())["images"]
+    return [image["detections"] for image in sorted(images, key=lambda image: image["file"])]
+
+
+def assert_same_detections(first: list[list[dict]], second: list[list[dict]]) -> None:
+    """The same boxes, up to float noise (thread counts differ between the two processes)."""
+    assert [len(image) for image in first] == [len(image) for image in second]
+    for image_a, image_b in zip(first, second):
+        for a, b in zip(image_a, image_b):
+            assert a["class"] == b["class"] and abs(a["score"] - b["score"]) < 1e-3
+            assert max(abs(x - y) for x, y in zip(a["box"], b["box"])) < 0.05
+
+
+def test_a_warm_child_detects_what_a_new_python_does_and_the_model_stays_loaded(
+    trained_model, datasets
+):
+    settings, model = trained_model
+    images = datasets / "unseen" / "images"
+    warm_log = socket_path(settings.python_executable, "cpu").with_suffix(".log")
+    with instance_for_test(temp_dir=str(settings.home)) as instance:
+
+        def detect(**options):
+            result = execute_job(
+                settings.model_copy(update=options),
+                "detect",
+                detect_config(images, "tiny"),
+                instance,
+            )
+            assert result.success
+            run = instance.get_run_by_id(result.run_id)
+            return result.run_id, Path(settings.runs_dir / run.tags[run_tags.RECORD_ID])
+
+        _, cold_dir = detect(warm_worker=False)
+        first_run, first_dir = detect()
+        loads_before = warm_log.read_text().count(model.checkpoint)
+        second_run, second_dir = detect()
+        assert warm_log.read_text().count(model.checkpoint) == loads_before  # still loaded
+        children = [warm_child_pid(instance, run_id) for run_id in (first_run, second_run)]
+    assert None not in children and children[0] != children[1]  # one child per run
+    assert_same_detections(detections_of(cold_dir), detections_of(first_dir))
+    assert detections_of(first_dir) == detections_of(second_dir)
+    assert sum(map(len, detections_of(second_dir))) > 0
+
+
+@pytest.fixture
+def warm_queue(open_queue):
+    return open_queue(python_executable=sys.executable, warm_worker=True)
+
+
+def start_warm_blocker(queue, many_images) -> tuple[int, int, int]:
+    """A long detection run with its warm child at work: (record id, child pid, warm worker pid)."""
+    record = queue.submit("detection", {"images": [str(many_images)], "model": "tiny"})
+    run_id = wait_until(lambda: queue.store.get_run(record.id).dagster_run_id, timeout=120)
+    child = wait_until(lambda: warm_child_pid(queue.instance, run_id), timeout=120)
+    running_log = Path(queue.store.get_run(record.id).output_dir) / f"running_{record.id}.txt"
+    wait_until(lambda: "detected on" in running_log.read_text(), timeout=60)  # at work
+    warm_worker = int(proc_stat(child)[1])  # its parent
+    assert int(proc_stat(child)[2]) == child  # in a process group of its own
+    return record.id, child, warm_worker
+
+
+@pytest.mark.parametrize("open_queue", ["sqlite"], indirect=True)
+def test_terminate_kills_the_warm_child_and_the_warm_worker_serves_the_next_run(
+    warm_queue, many_images, datasets
+):
+    record_id, child, warm_worker = start_warm_blocker(warm_queue, many_images)
+    terminated = warm_queue.terminate(record_id)
+    assert terminated.status == "error" and terminated.error == TERMINATED
+    wait_until(lambda: not processes_in_group(child), timeout=30)
+    assert alive(warm_worker)
+
+    after = warm_queue.submit(
+        "detection", {"images": [str(datasets / "unseen" / "images")], "model": "tiny"}
+    )
+    assert warm_queue.wait(after.id, timeout_seconds=300).status == "success"
+    next_child = warm_child_pid(
+        warm_queue.instance, warm_queue.store.get_run(after.id).dagster_run_id
+    )
+    assert next_child != child and alive(warm_worker)
+
+
+@pytest.mark.parametrize("open_queue", ["sqlite"], indirect=True)
+def test_a_crashed_warm_child_fails_only_its_own_run(warm_queue, many_images, datasets):
+    record_id, child, warm_worker = start_warm_blocker(warm_queue, many_images)
+    os.kill(child, signal.SIGSEGV)
+    failed = warm_queue.wait(record_id, timeout_seconds=120)
+    assert failed.status == "error" and "exit code -11" in failed.error, failed.error
+    assert alive(warm_worker)
+    after = warm_queue.submit(
+        "detection", {"images": [str(datasets / "unseen" / "images")], "model": "tiny"}
+    )
+    assert warm_queue.wait(after.id, timeout_seconds=300).status == "success"
+
+
+@pytest.mark.parametrize("open_queue", ["sqlite"], indirect=True)
+def test_a_killed_run_worker_takes_its_warm_child_along(warm_queue, many_images):
+    record_id, child, warm_worker = start_warm_blocker(warm_queue, many_images)
+    run = warm_queue.instance.get_run_by_id(warm_queue.store.get_run(record_id).dagster_run_id)
+    worker = run_worker.reported_worker(run.run_id, run.tags)
+    os.kill(worker["pid"], signal.SIGKILL)
+    wait_until(lambda: not processes_in_group(child), timeout=30)
+    assert alive(warm_worker)
+    assert warm_queue.wait(record_id, timeout_seconds=120).status == "error"
