@@ -23,12 +23,16 @@ def start_ticks(pid: int) -> str | None:
     return None if fields[0] == "Z" else fields[19]  # a zombie has died already
 
 
-def this_process(run_id: str) -> str:
-    """This process as the worker of run `run_id`, as it writes it into the run's tags."""
-    pid = os.getpid()
+def describe(run_id: str, pid: int) -> str:
+    """Process `pid` as the worker of run `run_id`, as it goes into the run's tags."""
     return json.dumps(
         {"run_id": run_id, "host": socket.gethostname(), "pid": pid, "start": start_ticks(pid)}
     )
+
+
+def this_process(run_id: str) -> str:
+    """This process as the worker of run `run_id`."""
+    return describe(run_id, os.getpid())
 
 
 def reported_worker(run_id: str, tags: Mapping[str, str]) -> dict | None:

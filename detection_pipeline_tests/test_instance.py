@@ -4,6 +4,7 @@ from pathlib import Path
 
 import yaml
 from dagster import DagsterInstance
+from dagster._core.run_coordinator import QueuedRunCoordinator
 
 from detection_pipeline.instance import DEPLOYMENT_CONFIG, instance_config
 
@@ -18,7 +19,7 @@ def test_the_top_level_dagster_yaml_is_the_deployment_config():
     assert config["storage"] == {
         "postgres": {"postgres_url": {"env": "DETECTION_PIPELINE_POSTGRES_URL"}}
     }
-    assert config["run_coordinator"]["class"] == "QueuedRunCoordinator"
+    assert config["run_coordinator"]["class"] == "SequentialRunCoordinator"
     assert config["run_coordinator"]["config"]["max_concurrent_runs"] == 1
     assert config["run_monitoring"]["enabled"] is True
 
@@ -35,7 +36,9 @@ def test_init_writes_an_embedded_home_with_the_same_queue(tmp_path, monkeypatch)
         k: v for k, v in deployment.items() if k != "storage"
     }
     with DagsterInstance.from_config(str(home)) as instance:
+        assert isinstance(instance.run_coordinator, QueuedRunCoordinator)
         assert instance.run_coordinator.get_run_queue_config().max_concurrent_runs == 1
+        assert instance.run_coordinator.dequeue_interval_seconds == 0.5
     assert (home / "records.db").exists()
     assert (home / "data").is_dir()
 

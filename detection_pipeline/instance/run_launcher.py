@@ -1,22 +1,76 @@
-"""Dagster's default run launcher plus the run worker health check it lacks.
+"""The run launcher: run workers forked from a warm process, with the health check Dagster's
+default launcher lacks.
 
-The default launcher starts each run worker as a process of the code server on this machine
-but cannot tell whether that process still lives, so Dagster's run monitoring would leave the
-run of a `kill -9`-ed worker STARTED for ever, holding the one-run queue. With this check, run
-monitoring fails such a run within one poll interval, and the reconciliation sensor brings its
-record along.
+Dagster's default launcher has the code server start each run worker as a new Python, which
+spends 1.5-2 s importing before the run's first op. This one has a fork server
+(run_worker_server.py) with those imports done fork the run worker instead, and falls back to
+the default way when it cannot.
+
+The default launcher also cannot tell whether a run worker still lives, so Dagster's run
+monitoring would leave the run of a `kill -9`-ed worker STARTED for ever, holding the one-run
+queue. With this check, run monitoring fails such a run within one poll interval, and the
+reconciliation sensor brings its record along.
 """
 
+import os
+import signal
+import sys
 import time
 
 from dagster import DefaultRunLauncher
-from dagster._core.launcher import CheckRunHealthResult, WorkerStatus
+from dagster._core.launcher import CheckRunHealthResult, LaunchRunContext, WorkerStatus
 from dagster._core.storage.dagster_run import DagsterRun
+from dagster._core.storage.tags import GRPC_INFO_TAG
+from dagster._serdes import serialize_value
 
-from .. import run_worker
+from .. import fork_server, run_tags, run_worker
+from ..jobs.warm_child import runtime_dir
 
 
 class LocalRunLauncher(DefaultRunLauncher):
+    def _fork_run_worker(self, run: DagsterRun) -> int:
+        """Has this process's run worker server fork the run's worker; returns its pid."""
+        path = runtime_dir() / f"runs-{os.getpid()}.sock"
+        command = [
+            sys.executable,
+            "-m",
+            "detection_pipeline.instance.run_worker_server",
+            str(path),
+            "--parent",
+            str(os.getpid()),
+        ]
+        conn = fork_server.connect_or_start(path, command)
+        request = {"run_id": run.run_id, "instance_ref": serialize_value(self._instance.get_ref())}
+        pid = fork_server.request_fork(conn, request, [])
+        conn.close()  # the server reaps it; its run's events tell how it ended
+        return pid
+
+    def launch_run(self, context: LaunchRunContext) -> None:
+        run = context.dagster_run
+        try:
+            pid = self._fork_run_worker(run)
+        except fork_server.ForkServerUnavailable as error:
+            self._instance.report_engine_event(
+                f"{error}; the code server starts the run worker instead", run, cls=type(self)
+            )
+            super().launch_run(context)
+            return
+        self._instance.add_run_tags(
+            run.run_id, {run_tags.RUN_WORKER: run_worker.describe(run.run_id, pid)}
+        )
+
+    def terminate(self, run_id: str) -> bool:
+        run = self._instance.get_run_by_id(run_id)
+        if not run or run.is_finished or GRPC_INFO_TAG in run.tags:
+            return super().terminate(run_id)
+        worker = run_worker.reported_worker(run_id, run.tags)
+        if worker is None or not run_worker.is_alive(worker):
+            return False
+        self._instance.report_run_canceling(run)
+        # What the code server does to the workers it starts: Dagster cancels the run.
+        os.kill(worker["pid"], signal.SIGINT)
+        return True
+
     @property
     def supports_check_run_worker_health(self) -> bool:
         return True

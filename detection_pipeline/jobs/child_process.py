@@ -23,9 +23,10 @@ from dagster import (
     open_pipes_session,
 )
 
+from ..fork_server import ForkedChild, ForkServerUnavailable
 from ..mmdet_runner.specs import RUN_WORKER_PID_ENV, InferSpec, TrainSpec
 from ..process_group import kill_process_group
-from .warm_child import WarmChild, WarmWorkerUnavailable, fork_child
+from .warm_child import fork_child
 
 if TYPE_CHECKING:
     from ..resources import MMDetRunner
@@ -74,7 +75,7 @@ def _start_child(
     spec_path: Path,
     run_dir: Path,
     env: dict[str, str],
-) -> subprocess.Popen | WarmChild:
+) -> subprocess.Popen | ForkedChild:
     """The child, forked by the warm worker, or a new Python when there is none to be had."""
     if runner.warm_worker:
         try:
@@ -87,7 +88,7 @@ def _start_child(
                 run_dir,
                 env,
             )
-        except WarmWorkerUnavailable as error:
+        except ForkServerUnavailable as error:
             context.log.warning(f"{error}; starting MMDetection in a new Python instead")
         else:
             context.log.info(

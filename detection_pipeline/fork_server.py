@@ -1,0 +1,256 @@
+"""Fork servers: a process that has paid for its imports once and forks a child per request.
+
+Starting a Python and importing torch and MMDetection takes seconds, Dagster and this code
+location another one or two; a fork of a process that has them starts in milliseconds. Two
+servers are built on this: the warm worker (MMDetection children, mmdet_runner/warm_worker.py)
+and the run worker server (Dagster run workers, instance/run_worker_server.py).
+
+A client connects over a Unix socket (in a folder only its user can open), sends one JSON
+request, with file descriptors if the child needs them, and gets `{"pid": N}` back, then
+`{"exit": CODE}` when the child ends (negative: killed by that signal, as with Popen).
+
+The server stays single-threaded: forking a threaded process can copy a lock some other thread
+holds, and the child would hang on it.
+"""
+
+import contextlib
+import fcntl
+import json
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+MESSAGE_BYTES = 1 << 20  # a request is one small JSON message
+REQUEST_TIMEOUT_SECONDS = 10
+START_TIMEOUT_SECONDS = 120
+
+
+class ForkServerUnavailable(RuntimeError):
+    pass
+
+
+def _reply(conn: socket.socket, message: dict) -> None:
+    with contextlib.suppress(OSError):  # the client is gone
+        conn.send(json.dumps(message).encode())
+
+
+class ForkServer:
+    """Serves fork requests on `path` until stopped, replaced (its socket file removed or taken
+    over) or idle for `idle_seconds`; with `parent_pid`, also when that process dies."""
+
+    def __init__(self, path: str, idle_seconds: float, parent_pid: int | None = None):
+        self.path = path
+        self.idle_seconds = idle_seconds
+        self.parent_pid = parent_pid
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)  # left by a server that was killed
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.listener.bind(path)
+        os.chmod(path, 0o600)
+        self.listener.listen(8)
+        self.inode = os.stat(path).st_ino
+        # SIGCHLD wakes select() through this pipe, so an exit is reported at once.
+        self.wake_read, wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        signal.set_wakeup_fd(wake_write)
+        signal.signal(signal.SIGCHLD, lambda signum, frame: None)
+        self.children: dict[int, socket.socket] = {}
+        self.stopping = False
+
+    def prepare(self, request: dict) -> None:
+        """Work done here before the fork, so that every later child finds it done."""
+
+    def child(self, request: dict, fds: list[int]) -> int:
+        """What the forked child does; returns its exit code."""
+        raise NotImplementedError
+
+    def _still_mine(self) -> bool:
+        try:
+            return os.stat(self.path).st_ino == self.inode
+        except FileNotFoundError:
+            return False
+
+    def _should_stop(self, idle_since: float) -> bool:
+        return (
+            self.stopping
+            or not self._still_mine()
+            or (self.parent_pid is not None and os.getppid() != self.parent_pid)
+            or time.monotonic() - idle_since > self.idle_seconds
+        )
+
+    def _reap(self) -> None:
+        while self.children:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+            if pid == 0:
+                return
+            conn = self.children.pop(pid, None)
+            if conn:
+                _reply(conn, {"exit": os.waitstatus_to_exitcode(status)})
+                conn.close()
+
+    def _fork(self, conn: socket.socket, request: dict, fds: list[int]) -> None:
+        self.prepare(request)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:
+            signal.set_wakeup_fd(-1)
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            for other in (self.listener, conn, *self.children.values()):
+                other.close()
+            os.close(self.wake_read)
+            code = 1
+            try:
+                code = self.child(request, fds)
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(code)
+        for fd in fds:
+            os.close(fd)
+        self.children[pid] = conn
+        _reply(conn, {"pid": pid})
+
+    def _accept(self) -> None:
+        conn, _ = self.listener.accept()
+        conn.settimeout(REQUEST_TIMEOUT_SECONDS)
+        try:
+            data, fds, _, _ = socket.recv_fds(conn, MESSAGE_BYTES, 4)
+            request = json.loads(data)
+        except (OSError, ValueError) as error:
+            print(f"bad request: {error}", flush=True)
+            conn.close()
+            return
+        if request.get("stop"):
+            self.stopping = True
+            conn.close()
+            return
+        conn.settimeout(None)
+        self._fork(conn, request, fds)
+
+    def serve(self) -> None:
+        print(f"{type(self).__name__} {os.getpid()} ready on {self.path}", flush=True)
+        idle_since = time.monotonic()
+        while True:
+            readable, _, _ = select.select([self.listener, self.wake_read], [], [], 1.0)
+            if self.wake_read in readable:
+                with contextlib.suppress(BlockingIOError):
+                    os.read(self.wake_read, 512)
+            self._reap()
+            if self.listener in readable and not self.stopping:
+                self._accept()
+            if self.children:
+                idle_since = time.monotonic()
+            elif self._should_stop(idle_since):
+                break
+        if self._still_mine():
+            os.unlink(self.path)
+        print(f"{type(self).__name__} {os.getpid()} stopped", flush=True)
+
+
+# The client's side.
+
+
+def connect(path: Path) -> socket.socket | None:
+    conn = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    try:
+        conn.connect(str(path))
+    except (FileNotFoundError, ConnectionRefusedError):
+        conn.close()
+        return None
+    return conn
+
+
+def connect_or_start(
+    path: Path, command: list[str], log: Path | None = None, **popen
+) -> socket.socket:
+    """Connects to the server on `path`, first starting it with `command` if none listens; one
+    client at a time starts it. Its output goes to `log` (None: where this process's goes)."""
+    conn = connect(path)
+    if conn:
+        return conn
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        conn = connect(path)
+        if conn:
+            return conn
+        with log.open("a") if log else contextlib.nullcontext() as output:
+            server = subprocess.Popen(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=output,
+                stderr=subprocess.STDOUT if output else None,
+                **popen,
+            )
+        deadline = time.monotonic() + START_TIMEOUT_SECONDS
+        while (conn := connect(path)) is None:
+            if server.poll() is not None or time.monotonic() > deadline:
+                server.kill()
+                where = f"; see {log}" if log else ""
+                raise ForkServerUnavailable(f"{' '.join(command)} did not start{where}")
+            time.sleep(0.1)
+        return conn
+
+
+def request_fork(conn: socket.socket, request: dict, fds: list[int]) -> int:
+    """Sends the request; returns the forked child's pid. The connection then carries its exit."""
+    try:
+        socket.send_fds(conn, [json.dumps(request).encode()], fds)
+        conn.settimeout(START_TIMEOUT_SECONDS)  # the server may prepare first (load a model)
+        reply = json.loads(conn.recv(MESSAGE_BYTES) or b"{}")
+        conn.settimeout(None)
+    except (OSError, ValueError) as error:
+        conn.close()
+        raise ForkServerUnavailable(f"the fork server did not take the request: {error}") from error
+    if "pid" not in reply:
+        conn.close()
+        raise ForkServerUnavailable("the fork server hung up without forking")
+    return reply["pid"]
+
+
+class ForkedChild:
+    """A child a fork server forked: the part of `subprocess.Popen` its client uses."""
+
+    def __init__(self, conn: socket.socket, pid: int, stdout=None):
+        self.conn = conn
+        self.pid = pid
+        self.stdout = stdout
+        self.returncode: int | None = None
+
+    def _take_exit(self, timeout: float | None) -> None:
+        if not select.select([self.conn], [], [], timeout)[0]:
+            return
+        data = self.conn.recv(MESSAGE_BYTES)
+        if data:
+            self.returncode = json.loads(data)["exit"]
+        else:
+            # The server died before it could tell: make sure the child's group is gone too.
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.pid, signal.SIGKILL)
+            self.returncode = -signal.SIGKILL
+        self.conn.close()
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            self._take_exit(0)
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        if self.returncode is None:
+            self._take_exit(timeout)
+        if self.returncode is None:
+            raise subprocess.TimeoutExpired(f"forked child {self.pid}", timeout)
+        return self.returncode
+
+
+def stop_servers(folder: Path) -> None:
+    """Asks every fork server with a socket in `folder` to stop once its children have ended."""
+    for path in folder.glob("*.sock"):
+        conn = connect(path)
+        if conn:
+            with conn:
+                conn.send(json.dumps({"stop": True}).encode())

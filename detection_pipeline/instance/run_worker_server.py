@@ -1,0 +1,47 @@
+"""Run workers forked from a process that has Dagster and this code location imported.
+
+    python -m detection_pipeline.instance.run_worker_server SOCKET --parent PID
+
+Dagster's code server starts every run worker as a new Python (multiprocessing "spawn"), which
+imports Dagster and this code location again: 1.5-2 s before each run's first op. This fork
+server (fork_server.py) has them imported; the run launcher (run_launcher.py) asks it for a run
+worker, which then executes the run as `dagster api execute_run` would. The server belongs to
+the process whose launcher started it (the daemon) and stops with it.
+"""
+
+import argparse
+import importlib
+
+from dagster import DagsterInstance
+from dagster._cli.api import _execute_run_command_body
+from dagster._core.instance.ref import InstanceRef
+from dagster._serdes import deserialize_value
+from dagster._utils.interrupts import capture_interrupts
+
+from .. import definitions
+from ..fork_server import ForkServer
+
+
+class RunWorkerServer(ForkServer):
+    def child(self, request: dict, fds: list[int]) -> int:
+        # The home's settings as they are now, as a new Python would read them (3 ms).
+        importlib.reload(definitions)
+        instance_ref = deserialize_value(request["instance_ref"], InstanceRef)
+        # Terminating the run sends this process SIGINT, which Dagster turns into a
+        # cancellation of the run, as in the run workers the code server starts.
+        with capture_interrupts(), DagsterInstance.from_ref(instance_ref) as instance:
+            return _execute_run_command_body(
+                request["run_id"], instance, lambda event: None, set_exit_code_on_failure=False
+            )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m detection_pipeline.instance.run_worker_server")
+    parser.add_argument("socket")
+    parser.add_argument("--parent", type=int, required=True, help="stop when this process ends")
+    args = parser.parse_args()
+    RunWorkerServer(args.socket, idle_seconds=float("inf"), parent_pid=args.parent).serve()
+
+
+if __name__ == "__main__":
+    main()
