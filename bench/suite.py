@@ -1,0 +1,458 @@
+"""The performance suite: the product next to the plain MMDetection work it runs.
+
+    .venv/bin/python bench/suite.py [--postgres ADMIN_URL] [--real-images 200] [--sensor-sizes ...]
+
+Every figure is measured in this one run, on one storage: SQLite (the embedded default) or,
+with a PostgreSQL URL of a user who may create databases, a new database there (dropped after).
+Prints a table with each figure, its goal and whether it is met; writes
+bench/results/suite_<storage>_<time>.json so two commits can be compared.
+
+1. gap: 10 tiny detection runs (16 images of 128x128) queued at once; seconds from the end of
+   MMDetection work in run N to its start in run N+1 (median, max).
+2. overhead per run: a run's wall time (launch to end) minus its MMDetection work, median of
+   those 10 runs.
+3. queue ratio on real-size work: 10 runs of 200 images of 512x512 through the queue (first
+   submit to last end) / the same detections in one plain script (new Python, DetInferencer,
+   model loaded once).
+4. detection throughput: images/s inside a detection run (median of the 10) / DetInferencer
+   straight on the same images and model (same batch size).
+5. training: seconds per epoch of a plain script running the mmengine Runner on the same config
+   and data (new Python) / seconds per epoch of the train job (launch to end): its speed.
+6. sensor cost: a tick of each of the reconciliation, retry and delayed-run sensors, with 1k,
+   10k and 100k finished records and Dagster runs in the database (median of 10 ticks).
+7. memory: peak RSS of the run worker plus its MMDetection child during the real-size runs /
+   the plain script's peak RSS. Forked processes share pages, so RSS counts some twice; the
+   proportional set size (PSS) of everything that serves a run (worker, child and the resident
+   fork servers they come from) is printed beside it.
+"""
+
+import argparse
+import contextlib
+import dataclasses
+import datetime as dt
+import itertools
+import json
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import sqlalchemy as sa
+from dagster import DagsterInstance, DagsterRun, DagsterRunStatus, build_sensor_context
+from dagster._core.storage.runs.schema import RunsTable, RunTagsTable
+from dagster._serdes import serialize_value
+from figures import report  # bench/figures.py
+
+from detection_pipeline import run_tags, run_worker
+from detection_pipeline.dagster_services import running_daemon
+from detection_pipeline.datasets.split import split_coco
+from detection_pipeline.datasets.synthetic import ANNOTATIONS_FILE, IMAGES_DIR, make_dataset
+from detection_pipeline.datasets.validation import VAL_ANNOTATIONS_FILE
+from detection_pipeline.definitions import build_definitions
+from detection_pipeline.detections import DETECTIONS_FILE
+from detection_pipeline.instance import use_home, write_instance_config
+from detection_pipeline.mmdet_runner.specs import read_spec
+from detection_pipeline.records.schema import RunRecord, Status
+from detection_pipeline.records.service import RunService
+from detection_pipeline.settings import Settings
+
+RUNS = 10
+TINY_IMAGES = 16
+TRAIN_IMAGES, TRAIN_EPOCHS = 64, 10
+SENSORS = ("reconcile_runs", "retry_failed_runs", "delayed_runs")
+SENSOR_TICKS = 10
+INSERT_BATCH = 10_000
+MEMORY_POLL_SECONDS = 0.1
+CHILD_STARTED = re.compile(r"MMDetection \w+ started.*\(pid (\d+)\)")
+
+PLAIN_DETECTION = """
+import json, resource, sys, time
+from detection_pipeline.mmdet_runner.checkpoints import allow_mmengine_checkpoints
+allow_mmengine_checkpoints()
+from mmdet.apis import DetInferencer
+config, checkpoint, runs, *images = sys.argv[1:]
+inferencer = DetInferencer(model=config, weights=checkpoint, device="cpu", show_progress=False)
+passes = []
+for _ in range(int(runs)):
+    started = time.perf_counter()
+    inferencer(images, batch_size=4, no_save_pred=True, no_save_vis=True)
+    passes.append(time.perf_counter() - started)
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+print(json.dumps({"images_per_s": len(images) / sorted(passes)[len(passes) // 2], "peak_rss": peak}))
+"""
+
+PLAIN_TRAINING = """
+import sys
+from detection_pipeline.mmdet_runner.checkpoints import allow_mmengine_checkpoints
+allow_mmengine_checkpoints()
+from mmengine.runner import Runner
+from detection_pipeline.mmdet_runner.config_builder import build_train_config
+from detection_pipeline.mmdet_runner.specs import TrainSpec
+import json
+Runner.from_cfg(build_train_config(TrainSpec(**json.loads(sys.argv[1])))).train()
+"""
+
+
+@contextlib.contextmanager
+def postgres_database(admin_url: str):
+    name = f"dp_bench_{uuid.uuid4().hex[:10]}"
+    admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield admin_url.rsplit("/", 1)[0] + "/" + name
+    finally:
+        with admin.connect() as connection:
+            connection.execute(sa.text(f'DROP DATABASE "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@contextlib.contextmanager
+def new_home(postgres_admin: str | None):
+    """A new home (DAGSTER_HOME) on SQLite, or on a new PostgreSQL database; its Settings."""
+    with contextlib.ExitStack() as stack:
+        url = stack.enter_context(postgres_database(postgres_admin)) if postgres_admin else None
+        home = use_home(Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench_"))))
+        write_instance_config(home, url)
+        yield Settings.load(home)
+
+
+def timed(command: list[str]) -> tuple[float, str]:
+    """Wall seconds of a command (a new Python, as a user would run it) and its last line."""
+    started = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True, check=True)
+    return time.perf_counter() - started, done.stdout.strip().splitlines()[-1]
+
+
+def median(values) -> float:
+    return round(statistics.median(values), 3)
+
+
+# Processes, read from /proc.
+
+
+def _proc(pid: int, name: str) -> str:
+    try:
+        return Path(f"/proc/{pid}/{name}").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return ""
+
+
+def rss_and_pss(pid: int) -> tuple[int, int]:
+    """(RSS, PSS) in bytes; zeros for a process that is gone."""
+    values = dict.fromkeys(("Rss", "Pss"), 0)
+    for line in _proc(pid, "smaps_rollup").splitlines():
+        key, _, rest = line.partition(":")
+        if key in values:
+            values[key] = int(rest.split()[0]) * 1024
+    return values["Rss"], values["Pss"]
+
+
+def processes() -> dict[int, tuple[int, str]]:
+    """pid: (parent pid, command line) of every live process."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and (stat := _proc(int(entry.name), "stat")):
+            command = _proc(int(entry.name), "cmdline").replace("\0", " ")
+            found[int(entry.name)] = (int(stat.rsplit(")", 1)[1].split()[1]), command)
+    return found
+
+
+def descendants(root: int, table: dict[int, tuple[int, str]]) -> set[int]:
+    found, todo = set(), [root]
+    while todo:
+        parent = todo.pop()
+        for pid, (ppid, _) in table.items():
+            if ppid == parent and pid not in found:
+                found.add(pid)
+                todo.append(pid)
+    return found
+
+
+class MemorySampler:
+    """Peak memory of the running run's worker and MMDetection child, sampled in a thread."""
+
+    def __init__(self, instance: DagsterInstance):
+        self.instance = instance
+        self.peak_rss = self.peak_pss = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._children: dict[str, int] = {}
+
+    def _child(self, run_id: str) -> int | None:
+        """The run's MMDetection child, as its log names it (a fork server's or its own)."""
+        if run_id not in self._children:
+            for event in self.instance.all_logs(run_id):
+                if found := CHILD_STARTED.search(event.user_message or ""):
+                    self._children[run_id] = int(found[1])
+        return self._children.get(run_id)
+
+    def _sample(self) -> None:
+        [run] = self.instance.get_runs(limit=1) or [None]
+        worker = run and run_worker.reported_worker(run.run_id, run.tags)
+        child = worker and self._child(run.run_id)
+        if not child:
+            return
+        table = processes()
+        served = (
+            {worker["pid"], child} | descendants(worker["pid"], table) | descendants(child, table)
+        )
+        servers = {
+            pid
+            for pid, (_, command) in table.items()
+            if "run_worker_server" in command or "warm_worker" in command
+        } - served
+        rss = sum(rss_and_pss(pid)[0] for pid in served)
+        pss = sum(rss_and_pss(pid)[1] for pid in served | servers)
+        self.peak_rss, self.peak_pss = max(self.peak_rss, rss), max(self.peak_pss, pss)
+
+    def _run(self) -> None:
+        while not self._stop.wait(MEMORY_POLL_SECONDS):
+            self._sample()
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
+# The figures.
+
+
+def run_seconds(instance: DagsterInstance, record) -> float:
+    """A run's wall time: from its launch to its end."""
+    stats = instance.get_run_stats(record.dagster_run_id)
+    return stats.end_time - (stats.launch_time or stats.start_time)
+
+
+def work_of(record) -> tuple[float, float]:
+    detections = json.loads((Path(record.output_dir) / DETECTIONS_FILE).read_text())
+    return detections["started_at"], detections["finished_at"]
+
+
+def queued_detections(service: RunService, images: Path) -> tuple[list, float]:
+    """RUNS detection runs queued at once; their records and the seconds until the last ended."""
+    started = time.time()
+    submitted = [
+        service.submit("detection", {"images": [str(images)], "model": "bench"})
+        for _ in range(RUNS)
+    ]
+    records = [service.wait(record.id) for record in submitted]
+    assert all(r.status == "success" for r in records), [r.error for r in records]
+    return records, max(work_of(r)[1] for r in records) - started
+
+
+def gap_and_overhead(service: RunService, images: Path) -> dict:
+    records, _ = queued_detections(service, images)
+    work = sorted(work_of(r) for r in records)
+    gaps = [start - end for (_, end), (start, _) in itertools.pairwise(work)]
+    overheads = [
+        run_seconds(service.instance, r) - (end - start)
+        for r, (start, end) in zip(records, map(work_of, records))
+    ]
+    return {
+        "gap_median_s": median(gaps),
+        "gap_max_s": round(max(gaps), 3),
+        "overhead_per_run_s": median(overheads),
+    }
+
+
+def real_size_work(service: RunService, images: Path) -> dict:
+    with MemorySampler(service.instance) as memory:
+        records, queue_seconds = queued_detections(service, images)
+    model = service.store.find_model("bench")
+    plain_seconds, line = timed(
+        [
+            sys.executable,
+            "-c",
+            PLAIN_DETECTION,
+            model.config,
+            model.checkpoint,
+            str(RUNS),
+            *sorted(str(p) for p in images.iterdir()),
+        ]
+    )
+    plain = json.loads(line)
+    in_run = [
+        len(d["images"]) / d["seconds"]
+        for d in (json.loads((Path(r.output_dir) / DETECTIONS_FILE).read_text()) for r in records)
+    ]
+    return {
+        "queue_s": round(queue_seconds, 2),
+        "plain_script_s": round(plain_seconds, 2),
+        "queue_over_plain": round(queue_seconds / plain_seconds, 3),
+        "run_images_per_s": median(in_run),
+        "plain_images_per_s": round(plain["images_per_s"], 3),
+        "throughput_ratio": round(statistics.median(in_run) / plain["images_per_s"], 3),
+        "peak_rss_worker_and_child_mib": round(memory.peak_rss / 2**20),
+        "peak_pss_with_fork_servers_mib": round(memory.peak_pss / 2**20),
+        "plain_peak_rss_mib": round(plain["peak_rss"] / 2**20),
+        "memory_ratio": round(memory.peak_rss / plain["peak_rss"], 3),
+        "memory_ratio_pss": round(memory.peak_pss / plain["peak_rss"], 3),
+    }
+
+
+def split_dataset(folder: Path) -> None:
+    """Makes the dataset a split one (annotations.json: training, val.json), as the product
+    takes it, so the train job and the plain script read the same files."""
+    coco = json.loads((folder / ANNOTATIONS_FILE).read_text())
+    train, val, _ = split_coco(coco, 0.2, 0.0, 0)
+    (folder / ANNOTATIONS_FILE).write_text(json.dumps(train))
+    (folder / VAL_ANNOTATIONS_FILE).write_text(json.dumps(val))
+
+
+def training(service: RunService, dataset: Path) -> dict:
+    params = {"dataset": str(dataset), "name": "bench", "epochs": TRAIN_EPOCHS}
+    record = service.wait(service.submit("training", params).id)
+    assert record.status == "success", record.error
+    job_seconds = run_seconds(service.instance, record)
+    spec = read_spec("train", Path(record.output_dir) / "train_spec.json")
+    with tempfile.TemporaryDirectory() as work_dir:
+        plain = dataclasses.replace(
+            spec,
+            work_dir=work_dir,
+            train_annotations=str(dataset / ANNOTATIONS_FILE),
+            val_annotations=str(dataset / VAL_ANNOTATIONS_FILE),
+        )
+        plain_seconds, _ = timed(
+            [sys.executable, "-c", PLAIN_TRAINING, json.dumps(dataclasses.asdict(plain))]
+        )
+    return {
+        "train_job_s_per_epoch": round(job_seconds / TRAIN_EPOCHS, 3),
+        "plain_train_s_per_epoch": round(plain_seconds / TRAIN_EPOCHS, 3),
+        # as a speed: epochs/s of the job / epochs/s of the plain script
+        "training_speed_ratio": round(plain_seconds / job_seconds, 3),
+    }
+
+
+def batches(items: list) -> list[list]:
+    return [items[start : start + INSERT_BATCH] for start in range(0, len(items), INSERT_BATCH)]
+
+
+def fill(service: RunService, count: int) -> None:
+    """`count` finished records, each with its finished Dagster run and that run's tags, as a
+    database that has served for years holds them (bulk inserts: one by one takes hours)."""
+    now = dt.datetime.now(dt.UTC)
+    run_ids = [str(uuid.uuid4()) for _ in range(count)]
+    record = {
+        "kind": "detection",
+        "status": Status.SUCCESS.value,
+        "queue": "detection",
+        "priority": 10,
+        "created_at": now,
+        "finished_at": now,
+        "attempts": 1,
+        "params": {"images": ["/data/photos"], "model": "bench"},
+        "model": "bench",
+    }
+    with service.store._session() as session:  # the store's own methods insert one at a time
+        for batch in batches(run_ids):
+            session.execute(
+                sa.insert(RunRecord), [{**record, "dagster_run_ids": [i]} for i in batch]
+            )
+    with service.instance.run_storage.connect() as connection:
+        for batch in batches(run_ids):
+            runs = [
+                DagsterRun(job_name="detect", run_id=run_id, status=DagsterRunStatus.SUCCESS)
+                for run_id in batch
+            ]
+            connection.execute(
+                RunsTable.insert(),
+                [
+                    {
+                        "run_id": run.run_id,
+                        "pipeline_name": run.job_name,
+                        "status": run.status.value,
+                        "run_body": serialize_value(run),
+                        "create_timestamp": now,
+                        "update_timestamp": now,
+                        "start_time": now.timestamp(),
+                        "end_time": now.timestamp(),
+                    }
+                    for run in runs
+                ],
+            )
+            connection.execute(
+                RunTagsTable.insert(),
+                [
+                    {"run_id": run.run_id, "key": run_tags.QUEUE, "value": "detection"}
+                    for run in runs
+                ],
+            )
+
+
+def sensor_ticks(postgres_admin: str | None, sizes: list[int]) -> dict:
+    figures = {}
+    for size in sizes:
+        with new_home(postgres_admin) as settings, DagsterInstance.get() as instance:
+            fill(RunService(instance, settings), size)
+            definitions = build_definitions(settings)
+            total = 0.0
+            for name in SENSORS:
+                sensor = definitions.get_sensor_def(name)
+                times = []
+                for _ in range(SENSOR_TICKS + 1):  # the first warms connections and caches
+                    started = time.perf_counter()
+                    sensor(build_sensor_context(instance=instance))
+                    times.append(time.perf_counter() - started)
+                tick = statistics.median(times[1:])
+                figures[f"sensor_{name}_ms_{size}"] = round(tick * 1000, 1)
+                total += tick
+            figures[f"sensor_ticks_ms_{size}"] = round(total * 1000, 1)
+    smallest, largest = (
+        figures[f"sensor_ticks_ms_{sizes[0]}"],
+        figures[f"sensor_ticks_ms_{sizes[-1]}"],
+    )
+    figures["sensor_ticks_ms_largest"] = largest
+    figures["sensor_flatness"] = round(largest / smallest, 3)
+    return figures
+
+
+GOALS = {
+    "gap_median_s": ("<=", 1.5),
+    "overhead_per_run_s": ("<=", 1.0),
+    "queue_over_plain": ("<=", 1.10),
+    "throughput_ratio": (">=", 0.95),
+    "training_speed_ratio": (">=", 0.97),
+    "memory_ratio": ("<=", 1.3),
+    "sensor_ticks_ms_largest": ("<=", 1000),
+    "sensor_flatness": ("<=", 1.5),  # "flat": the largest database's tick / the smallest's
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--postgres", help="PostgreSQL admin URL (default: SQLite)")
+    parser.add_argument("--real-images", type=int, default=200, help="images per real-size run")
+    parser.add_argument("--sensor-sizes", type=int, nargs="+", default=[1_000, 10_000, 100_000])
+    args = parser.parse_args()
+
+    figures: dict = {"storage": "postgres" if args.postgres else "sqlite"}
+    with new_home(args.postgres) as settings, DagsterInstance.get() as instance:
+        data = settings.data_dir
+        make_dataset(data / "train", images=TRAIN_IMAGES, seed=0)
+        split_dataset(data / "train")
+        make_dataset(data / "tiny", images=TINY_IMAGES, seed=1)
+        make_dataset(data / "real", images=args.real_images, size=512, seed=2)
+        with running_daemon(instance, settings.home / "daemon.log"):
+            service = RunService(instance, settings)
+            figures |= training(service, data / "train")
+            figures |= gap_and_overhead(service, data / "tiny" / IMAGES_DIR)
+            figures |= real_size_work(service, data / "real" / IMAGES_DIR)
+    figures |= sensor_ticks(args.postgres, args.sensor_sizes)
+    for key, (sense, goal) in GOALS.items():
+        met = figures[key] <= goal if sense == "<=" else figures[key] >= goal
+        figures[f"goal {key}"] = f"{sense} {goal:g}: {'met' if met else 'NOT MET'}"
+    report(f"suite_{figures['storage']}", figures)
+
+
+if __name__ == "__main__":
+    main()
