@@ -68,7 +68,7 @@ def test_detection_finds_the_known_objects(trained_model, datasets):
     )
     coco_results = json.loads((run_dir / "detections_coco.json").read_text())
     assert len(coco_results) == sum(len(image["detections"]) for image in detections["images"])
-    assert len(list((run_dir / "vis").glob("*.png"))) == 16
+    assert len(list((run_dir / "vis").glob("*.jpg"))) == 16
     assert (run_dir / f"succ_{record.id}.txt").is_file()
     assert not (run_dir / "staging").exists()  # cleanup removes staged inputs, keeps outputs
 

@@ -237,7 +237,7 @@ def test_objects_on_patch_borders_are_found_once_and_mapped_onto_the_map(
 
     log = (run_dir / f"succ_{record.id}.txt").read_text()
     assert "ortho.tif: " in log and f"/{len(windows)} patches" in log
-    with open_raster(run_dir / "vis" / "ortho.png") as drawn:
+    with open_raster(run_dir / "vis" / "ortho.jpg") as drawn:
         assert (drawn.width, drawn.height) == (1500, 1500)  # an overview, every 2nd pixel
 
     # a lower threshold later, without detecting again

@@ -90,7 +90,7 @@ def _stage(images: list[Path], staging: Path) -> list[str]:
     hard links: making and removing one changes the image's ctime, which the inbox sensor
     would take for a new file."""
     staging.mkdir(parents=True, exist_ok=True)
-    # Outputs are named by stem (vis/NAME.png, geojson/NAME.geojson): stems must not collide.
+    # Outputs are named by stem (vis/NAME.jpg, geojson/NAME.geojson): stems must not collide.
     names_collide = len({image.stem for image in images}) < len(images)
     staged = []
     for index, image in enumerate(images):

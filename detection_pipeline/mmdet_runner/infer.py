@@ -12,6 +12,7 @@ import itertools
 import os
 import time
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from mmdet.apis import DetInferencer
@@ -20,7 +21,7 @@ from mmdet.utils.large_image import merge_results_by_nms
 from ..datasets.rasters import RasterInfo, open_raster, raster_info
 from ..detections import split_by_score, write_outputs
 from ..ignore_zones import IgnoreZones, flag_ignored, read_ignore_zones
-from .drawing import draw_detections
+from .drawing import DRAWN_SUFFIX, draw_detections
 from .large_image import Overview, Patch, iter_patches, patch_windows
 from .specs import DRAWN_DIR, InferSpec
 
@@ -104,7 +105,9 @@ def _image_result(
     if zones and work.info.crs:
         flag_ignored(detections, zones, work.info.crs, work.info.transform)
     kept, below = split_by_score(detections, spec.score_threshold)
-    draw_detections(work.overview, kept, Path(spec.out_dir) / DRAWN_DIR / f"{work.path.stem}.png")
+    draw_detections(
+        work.overview, kept, Path(spec.out_dir) / DRAWN_DIR / f"{work.path.stem}{DRAWN_SUFFIX}"
+    )
     return {
         "id": work.id,
         "file": work.path.name,
@@ -147,22 +150,29 @@ def infer(spec: InferSpec, device: str, report) -> dict:
     zones = read_ignore_zones(Path(spec.ignore_zones)) if spec.ignore_zones else None
     progress = Progress(report)
     started = time.monotonic()
-    images: list[dict] = []
-    for batch in _batches(_patch_stream(spec), spec.batch_size):
-        samples = inferencer(
-            [patch.pixels for _, patch in batch],
-            batch_size=spec.batch_size,
-            no_save_vis=True,
-            return_datasamples=True,
-        )["predictions"]
-        for (work, patch), sample in zip(batch, samples):
-            work.results.append((patch.offset, sample))
-            if work.done:
-                images.append(_image_result(work, spec, classes, zones))
-        if len(work.windows) > 1 and not work.done:
-            progress(f"{work.path.name}: {len(work.results)}/{len(work.windows)} patches")
-        else:
-            progress(f"detected on {len(images)}/{len(spec.images)} images")
+    finished: list[Future] = []  # each image's result, drawn and saved by the writer
+    # Reading the next patches and drawing finished images overlap inference: GDAL, PIL and
+    # torch release the GIL, and on a GPU the CPU would otherwise wait for it.
+    with ThreadPoolExecutor(1) as reader, ThreadPoolExecutor(1) as writer:
+        batches = _batches(_patch_stream(spec), spec.batch_size)
+        next_batch = reader.submit(next, batches, None)
+        while (batch := next_batch.result()) is not None:
+            next_batch = reader.submit(next, batches, None)
+            samples = inferencer(
+                [patch.pixels for _, patch in batch],
+                batch_size=spec.batch_size,
+                no_save_vis=True,
+                return_datasamples=True,
+            )["predictions"]
+            for (work, patch), sample in zip(batch, samples):
+                work.results.append((patch.offset, sample))
+                if work.done:
+                    finished.append(writer.submit(_image_result, work, spec, classes, zones))
+            if len(work.windows) > 1 and not work.done:
+                progress(f"{work.path.name}: {len(work.results)}/{len(work.windows)} patches")
+            else:
+                progress(f"detected on {len(finished)}/{len(spec.images)} images")
+        images = [result.result() for result in finished]
     progress(f"detected on {len(images)}/{len(spec.images)} images", final=True)
     seconds = time.monotonic() - started
     detections = {

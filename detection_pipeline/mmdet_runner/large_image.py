@@ -54,11 +54,15 @@ class Overview:
 
     def __init__(self, width: int, height: int):
         self.step = max(1, math.ceil(max(width, height) / OVERVIEW_MAX_SIDE))
-        self.pixels = np.zeros(
-            (math.ceil(height / self.step), math.ceil(width / self.step), 3), np.uint8
-        )
+        self.shape = (math.ceil(height / self.step), math.ceil(width / self.step), 3)
+        self.pixels: np.ndarray | None = None
 
     def add_band(self, top: int, band_bgr: np.ndarray) -> None:
+        if self.step == 1 and band_bgr.shape == self.shape:
+            self.pixels = band_bgr  # the whole image in one band (most images): no copy
+            return
+        if self.pixels is None:
+            self.pixels = np.zeros(self.shape, np.uint8)
         first_row = -top % self.step  # the band's first row that falls on the overview grid
         rows = band_bgr[first_row :: self.step, :: self.step]
         start = (top + first_row) // self.step
