@@ -32,6 +32,7 @@ import dataclasses
 import datetime as dt
 import itertools
 import json
+import os
 import re
 import statistics
 import subprocess
@@ -56,6 +57,7 @@ from detection_pipeline.datasets.validation import VAL_ANNOTATIONS_FILE
 from detection_pipeline.definitions import build_definitions
 from detection_pipeline.detections import DETECTIONS_FILE
 from detection_pipeline.instance import use_home, write_instance_config
+from detection_pipeline.jobs.warm_child import RUNTIME_DIR_ENV, stop_warm_workers
 from detection_pipeline.mmdet_runner.specs import read_spec
 from detection_pipeline.records.schema import RunRecord, Status
 from detection_pipeline.records.service import RunService
@@ -94,6 +96,7 @@ from mmengine.runner import Runner
 from detection_pipeline.mmdet_runner.config_builder import build_train_config
 from detection_pipeline.mmdet_runner.specs import TrainSpec
 import json
+import os
 Runner.from_cfg(build_train_config(TrainSpec(**json.loads(sys.argv[1])))).train()
 """
 
@@ -175,10 +178,12 @@ def descendants(root: int, table: dict[int, tuple[int, str]]) -> set[int]:
 
 
 class MemorySampler:
-    """Peak memory of the running run's worker and MMDetection child, sampled in a thread."""
+    """Peak memory of the running run's worker and MMDetection child, sampled in a thread; the
+    fork servers are those whose command names `runtime_dir` (their sockets are there)."""
 
-    def __init__(self, instance: DagsterInstance):
+    def __init__(self, instance: DagsterInstance, runtime_dir: str):
         self.instance = instance
+        self.runtime_dir = runtime_dir
         self.peak_rss = self.peak_pss = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -202,11 +207,8 @@ class MemorySampler:
         served = (
             {worker["pid"], child} | descendants(worker["pid"], table) | descendants(child, table)
         )
-        servers = {
-            pid
-            for pid, (_, command) in table.items()
-            if "run_worker_server" in command or "warm_worker" in command
-        } - served
+        servers = {pid for pid, (_, command) in table.items() if self.runtime_dir in command}
+        servers -= served
         rss = sum(rss_and_pss(pid)[0] for pid in served)
         pss = sum(rss_and_pss(pid)[1] for pid in served | servers)
         self.peak_rss, self.peak_pss = max(self.peak_rss, rss), max(self.peak_pss, pss)
@@ -266,7 +268,7 @@ def gap_and_overhead(service: RunService, images: Path) -> dict:
 
 
 def real_size_work(service: RunService, images: Path) -> dict:
-    with MemorySampler(service.instance) as memory:
+    with MemorySampler(service.instance, os.environ[RUNTIME_DIR_ENV]) as memory:
         records, queue_seconds = queued_detections(service, images)
     model = service.store.find_model("bench")
     plain_seconds, line = timed(
@@ -436,7 +438,14 @@ def main() -> None:
     args = parser.parse_args()
 
     figures: dict = {"storage": "postgres" if args.postgres else "sqlite"}
-    with new_home(args.postgres) as settings, DagsterInstance.get() as instance:
+    # Fork servers of this run only: none left warm by an earlier one, and all stopped at the end.
+    os.environ[RUNTIME_DIR_ENV] = tempfile.mkdtemp(prefix="bench_runtime_")
+    with (
+        contextlib.ExitStack() as stack,
+        new_home(args.postgres) as settings,
+        DagsterInstance.get() as instance,
+    ):
+        stack.callback(stop_warm_workers)
         data = settings.data_dir
         make_dataset(data / "train", images=TRAIN_IMAGES, seed=0)
         split_dataset(data / "train")
