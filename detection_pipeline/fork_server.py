@@ -23,6 +23,7 @@ import socket
 import subprocess
 import sys
 import time
+import traceback
 from pathlib import Path
 
 MESSAGE_BYTES = 1 << 20  # a request is one small JSON message
@@ -106,6 +107,10 @@ class ForkServer:
             code = 1
             try:
                 code = self.child(request, fds)
+            except SystemExit as error:
+                code = error.code if isinstance(error.code, int) else 1
+            except BaseException:  # noqa: BLE001 - as a new Python would: print it, exit 1
+                traceback.print_exc()
             finally:
                 sys.stdout.flush()
                 sys.stderr.flush()

@@ -49,7 +49,7 @@ class LocalRunLauncher(DefaultRunLauncher):
         run = context.dagster_run
         try:
             pid = self._fork_run_worker(run)
-        except fork_server.ForkServerUnavailable as error:
+        except (fork_server.ForkServerUnavailable, OSError) as error:
             self._instance.report_engine_event(
                 f"{error}; the code server starts the run worker instead", run, cls=type(self)
             )

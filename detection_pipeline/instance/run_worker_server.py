@@ -24,12 +24,17 @@ from ..fork_server import ForkServer
 
 class RunWorkerServer(ForkServer):
     def child(self, request: dict, fds: list[int]) -> int:
-        # The home's settings as they are now, as a new Python would read them (3 ms).
-        importlib.reload(definitions)
         instance_ref = deserialize_value(request["instance_ref"], InstanceRef)
         # Terminating the run sends this process SIGINT, which Dagster turns into a
         # cancellation of the run, as in the run workers the code server starts.
         with capture_interrupts(), DagsterInstance.from_ref(instance_ref) as instance:
+            try:
+                # The home's settings as they are now, as a new Python would read them (3 ms).
+                importlib.reload(definitions)
+            except Exception as error:
+                run = instance.get_run_by_id(request["run_id"])
+                instance.report_run_failed(run, f"the run worker could not load the jobs: {error}")
+                raise
             return _execute_run_command_body(
                 request["run_id"], instance, lambda event: None, set_exit_code_on_failure=False
             )

@@ -88,7 +88,7 @@ def _start_child(
                 run_dir,
                 env,
             )
-        except ForkServerUnavailable as error:
+        except (ForkServerUnavailable, OSError) as error:
             context.log.warning(f"{error}; starting MMDetection in a new Python instead")
         else:
             context.log.info(

@@ -18,7 +18,6 @@ work; a GPU child loads its model itself (its imports are still warm).
 import argparse
 import os
 import sys
-import traceback
 
 import torch
 
@@ -60,13 +59,7 @@ class WarmWorker(ForkServer):
         os.environ.clear()
         os.environ.update(request["env"])
         torch.set_num_threads(self.threads)
-        try:
-            return runner_main.main([request["action"], request["spec"]]) or 0
-        except SystemExit as error:
-            return error.code if isinstance(error.code, int) else 1
-        except BaseException:  # noqa: BLE001 - as a fresh Python would: print it, exit 1
-            traceback.print_exc()
-            return 1
+        return runner_main.main([request["action"], request["spec"]]) or 0
 
 
 def main() -> None:

@@ -1,5 +1,6 @@
-"""The warm worker: runs' MMDetection children forked from a process with torch, MMDetection and
-the model loaded, still killable as a whole and still isolated from each other."""
+"""The fork servers: MMDetection children forked by the warm worker (torch, MMDetection and the
+model loaded), still killable as a whole and isolated from each other; run workers forked by the
+run worker server; and runs that still run the slow way when neither can be had."""
 
 import json
 import os
@@ -12,10 +13,15 @@ import pytest
 from dagster import instance_for_test
 
 from detection_pipeline import run_tags, run_worker
-from detection_pipeline.jobs.warm_child import socket_path
+from detection_pipeline.jobs.warm_child import RUNTIME_DIR_ENV, socket_path
 from detection_pipeline.records.service import TERMINATED
 
 from .conftest import alive, detect_config, execute_job, proc_stat, processes_in_group, wait_until
+
+
+def detection(images: Path) -> dict:
+    return {"images": [str(images)], "model": "tiny"}
+
 
 WARM_CHILD = re.compile(r"started by the warm worker \(pid (\d+)\)")
 
@@ -73,6 +79,10 @@ def test_a_warm_child_detects_what_a_new_python_does_and_the_model_stays_loaded(
     assert sum(map(len, detections_of(second_dir))) > 0
 
 
+def command_line(pid: int) -> str:
+    return Path(f"/proc/{pid}/cmdline").read_text().replace("\0", " ")
+
+
 @pytest.fixture
 def warm_queue(open_queue):
     return open_queue(python_executable=sys.executable, warm_worker=True)
@@ -80,13 +90,16 @@ def warm_queue(open_queue):
 
 def start_warm_blocker(queue, many_images) -> tuple[int, int, int]:
     """A long detection run with its warm child at work: (record id, child pid, warm worker pid)."""
-    record = queue.submit("detection", {"images": [str(many_images)], "model": "tiny"})
+    record = queue.submit("detection", detection(many_images))
     run_id = wait_until(lambda: queue.store.get_run(record.id).dagster_run_id, timeout=120)
     child = wait_until(lambda: warm_child_pid(queue.instance, run_id), timeout=120)
     running_log = Path(queue.store.get_run(record.id).output_dir) / f"running_{record.id}.txt"
     wait_until(lambda: "detected on" in running_log.read_text(), timeout=60)  # at work
     warm_worker = int(proc_stat(child)[1])  # its parent
     assert int(proc_stat(child)[2]) == child  # in a process group of its own
+    run = queue.instance.get_run_by_id(run_id)
+    worker = run_worker.reported_worker(run_id, run.tags)["pid"]
+    assert "run_worker_server" in command_line(int(proc_stat(worker)[1]))  # a forked worker
     return record.id, child, warm_worker
 
 
@@ -100,9 +113,7 @@ def test_terminate_kills_the_warm_child_and_the_warm_worker_serves_the_next_run(
     wait_until(lambda: not processes_in_group(child), timeout=30)
     assert alive(warm_worker)
 
-    after = warm_queue.submit(
-        "detection", {"images": [str(datasets / "unseen" / "images")], "model": "tiny"}
-    )
+    after = warm_queue.submit("detection", detection(datasets / "unseen" / "images"))
     assert warm_queue.wait(after.id, timeout_seconds=300).status == "success"
     next_child = warm_child_pid(
         warm_queue.instance, warm_queue.store.get_run(after.id).dagster_run_id
@@ -117,9 +128,7 @@ def test_a_crashed_warm_child_fails_only_its_own_run(warm_queue, many_images, da
     failed = warm_queue.wait(record_id, timeout_seconds=120)
     assert failed.status == "error" and "exit code -11" in failed.error, failed.error
     assert alive(warm_worker)
-    after = warm_queue.submit(
-        "detection", {"images": [str(datasets / "unseen" / "images")], "model": "tiny"}
-    )
+    after = warm_queue.submit("detection", detection(datasets / "unseen" / "images"))
     assert warm_queue.wait(after.id, timeout_seconds=300).status == "success"
 
 
@@ -132,3 +141,20 @@ def test_a_killed_run_worker_takes_its_warm_child_along(warm_queue, many_images)
     wait_until(lambda: not processes_in_group(child), timeout=30)
     assert alive(warm_worker)
     assert warm_queue.wait(record_id, timeout_seconds=120).status == "error"
+
+
+@pytest.mark.parametrize("open_queue", ["sqlite"], indirect=True)
+def test_runs_start_the_slow_way_when_no_fork_server_can_be_had(
+    open_queue, datasets, tmp_path, monkeypatch
+):
+    no_folder = tmp_path / "not-a-folder"
+    no_folder.write_text("")  # no sockets can go in there
+    monkeypatch.setenv(RUNTIME_DIR_ENV, str(no_folder))
+    queue = open_queue(python_executable=sys.executable, warm_worker=True)
+    record = queue.submit("detection", detection(datasets / "unseen" / "images"))
+    done = queue.wait(record.id, timeout_seconds=300)
+    assert done.status == "success", done.error
+    messages = " ".join(e.user_message for e in queue.instance.all_logs(done.dagster_run_id))
+    assert "the code server starts the run worker instead" in messages
+    assert "starting MMDetection in a new Python instead" in messages
+    assert len(detections_of(Path(done.output_dir))) == 16
