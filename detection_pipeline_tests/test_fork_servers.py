@@ -154,7 +154,11 @@ def test_runs_start_the_slow_way_when_no_fork_server_can_be_had(
     record = queue.submit("detection", detection(datasets / "unseen" / "images"))
     done = queue.wait(record.id, timeout_seconds=300)
     assert done.status == "success", done.error
-    messages = " ".join(e.user_message for e in queue.instance.all_logs(done.dagster_run_id))
+    # an engine event's text is its Dagster event's message
+    messages = " ".join(
+        event.user_message or (event.dagster_event and event.dagster_event.message) or ""
+        for event in queue.instance.all_logs(done.dagster_run_id)
+    )
     assert "the code server starts the run worker instead" in messages
     assert "starting MMDetection in a new Python instead" in messages
     assert len(detections_of(Path(done.output_dir))) == 16
