@@ -469,10 +469,11 @@ def main() -> None:
     args = parser.parse_args()
 
     figures: dict = {"storage": "postgres" if args.postgres else "sqlite"}
-    # Fork servers of this run only: none left warm by an earlier one, and all stopped at the end.
-    os.environ[RUNTIME_DIR_ENV] = tempfile.mkdtemp(prefix="bench_runtime_")
     if not args.sensors_only:
-        figures |= product_figures(args.postgres, args.real_images)
+        # Fork servers of this run only: none warm from an earlier one, all stopped at the end.
+        with tempfile.TemporaryDirectory(prefix="bench_runtime_") as runtime:
+            os.environ[RUNTIME_DIR_ENV] = runtime
+            figures |= product_figures(args.postgres, args.real_images)
     figures |= sensor_ticks(args.postgres, args.sensor_sizes)
     for key, (sense, goal) in GOALS.items():
         if key in figures:
