@@ -144,7 +144,7 @@ def warm_model(config: str, checkpoint: str, device: str) -> DetInferencer:
 
 def infer(spec: InferSpec, device: str, report) -> dict:
     """Writes detections.json, the COCO results, GeoJSON and drawn images into spec.out_dir."""
-    started_at = time.time()  # wall clock: compared across runs by bench/queue_bench.py
+    started_at = time.time()  # wall clock: compared across runs by bench/suite.py
     inferencer = warm_model(spec.config, spec.checkpoint, device)
     classes = list(inferencer.model.dataset_meta["classes"])
     zones = read_ignore_zones(Path(spec.ignore_zones)) if spec.ignore_zones else None
