@@ -56,8 +56,8 @@ from detection_pipeline.datasets.synthetic import ANNOTATIONS_FILE, IMAGES_DIR, 
 from detection_pipeline.datasets.validation import VAL_ANNOTATIONS_FILE
 from detection_pipeline.definitions import build_definitions
 from detection_pipeline.detections import DETECTIONS_FILE
+from detection_pipeline.fork_server import RUNTIME_DIR_ENV, stop_servers
 from detection_pipeline.instance import use_home, write_instance_config
-from detection_pipeline.jobs.warm_child import RUNTIME_DIR_ENV, stop_warm_workers
 from detection_pipeline.mmdet_runner.specs import read_spec
 from detection_pipeline.records.schema import RunRecord, Status
 from detection_pipeline.records.service import RunService
@@ -445,7 +445,7 @@ def product_figures(postgres_admin: str | None, real_images: int) -> dict:
         new_home(postgres_admin) as settings,
         DagsterInstance.get() as instance,
     ):
-        stack.callback(stop_warm_workers)
+        stack.callback(stop_servers)
         data = settings.data_dir
         make_dataset(data / "train", images=TRAIN_IMAGES, seed=0)
         split_dataset(data / "train")

@@ -22,10 +22,12 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import traceback
 from pathlib import Path
 
+RUNTIME_DIR_ENV = "DETECTION_PIPELINE_RUNTIME_DIR"
 MESSAGE_BYTES = 1 << 20  # a request is one small JSON message
 REQUEST_TIMEOUT_SECONDS = 10
 START_TIMEOUT_SECONDS = 120
@@ -160,6 +162,17 @@ class ForkServer:
 # The client's side.
 
 
+def runtime_dir() -> Path:
+    """Where the sockets live: DETECTION_PIPELINE_RUNTIME_DIR, else a folder under the temp dir;
+    only this user can open it."""
+    path = Path(
+        os.environ.get(RUNTIME_DIR_ENV)
+        or Path(tempfile.gettempdir()) / f"detection-pipeline-{os.getuid()}"
+    )
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return path
+
+
 def connect(path: Path) -> socket.socket | None:
     conn = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     try:
@@ -252,9 +265,9 @@ class ForkedChild:
         return self.returncode
 
 
-def stop_servers(folder: Path) -> None:
-    """Asks every fork server with a socket in `folder` to stop once its children have ended."""
-    for path in folder.glob("*.sock"):
+def stop_servers() -> None:
+    """Asks every fork server in the runtime folder to stop once its children have ended."""
+    for path in runtime_dir().glob("*.sock"):
         conn = connect(path)
         if conn:
             with conn:

@@ -21,8 +21,8 @@ from dagster import DagsterInstance, instance_for_test
 from detection_pipeline.dagster_services import running_daemon
 from detection_pipeline.datasets.synthetic import make_dataset
 from detection_pipeline.definitions import build_definitions
+from detection_pipeline.fork_server import RUNTIME_DIR_ENV, stop_servers
 from detection_pipeline.instance import write_instance_config
-from detection_pipeline.jobs.warm_child import RUNTIME_DIR_ENV, stop_warm_workers
 from detection_pipeline.records import record_store
 from detection_pipeline.records.service import RunService
 from detection_pipeline.settings import QueueSettings, RetryPolicy, Settings
@@ -100,11 +100,11 @@ def datasets(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session", autouse=True)
 def warm_workers(tmp_path_factory) -> Iterator[Path]:
-    """The session's warm workers live in a runtime folder of their own, and stop at its end."""
+    """The session's fork servers live in a runtime folder of their own, and stop at its end."""
     path = tmp_path_factory.mktemp("runtime")
     os.environ[RUNTIME_DIR_ENV] = str(path)
     yield path
-    stop_warm_workers()
+    stop_servers()
 
 
 def make_home(path: Path, postgres_url: str | None = None, input_roots=(), **settings) -> Settings:

@@ -13,7 +13,8 @@ import pytest
 from dagster import instance_for_test
 
 from detection_pipeline import run_tags, run_worker
-from detection_pipeline.jobs.warm_child import RUNTIME_DIR_ENV, socket_path
+from detection_pipeline.fork_server import RUNTIME_DIR_ENV
+from detection_pipeline.jobs.warm_child import socket_path
 from detection_pipeline.records.service import TERMINATED
 
 from .conftest import alive, detect_config, execute_job, proc_stat, processes_in_group, wait_until

@@ -24,13 +24,12 @@ from dagster._core.storage.tags import GRPC_INFO_TAG
 from dagster._serdes import serialize_value
 
 from .. import fork_server, run_tags, run_worker
-from ..jobs.warm_child import runtime_dir
 
 
 class LocalRunLauncher(DefaultRunLauncher):
     def _fork_run_worker(self, run: DagsterRun) -> int:
         """Has this process's run worker server fork the run's worker; returns its pid."""
-        path = runtime_dir() / f"runs-{os.getpid()}.sock"
+        path = fork_server.runtime_dir() / f"runs-{os.getpid()}.sock"
         command = [
             sys.executable,
             "-m",

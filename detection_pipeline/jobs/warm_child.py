@@ -3,27 +3,15 @@ have it fork this run's MMDetection child.
 
 There is one warm worker per MMDetection Python and device on this machine, shared by every
 run of the user; it stops by itself after `idle_seconds` without work. Its socket lives in a
-folder only this user can open (DETECTION_PIPELINE_RUNTIME_DIR, else one under the temp dir),
+folder only this user can open (fork_server.runtime_dir),
 and its name also depends on this package's files, so a changed installation starts a new one.
 """
 
 import hashlib
 import os
-import tempfile
 from pathlib import Path
 
-from ..fork_server import ForkedChild, connect_or_start, request_fork, stop_servers
-
-RUNTIME_DIR_ENV = "DETECTION_PIPELINE_RUNTIME_DIR"
-
-
-def runtime_dir() -> Path:
-    path = Path(
-        os.environ.get(RUNTIME_DIR_ENV)
-        or Path(tempfile.gettempdir()) / f"detection-pipeline-{os.getuid()}"
-    )
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    return path
+from ..fork_server import ForkedChild, connect_or_start, request_fork, runtime_dir
 
 
 def _code_stamp() -> int:
@@ -81,8 +69,3 @@ def fork_child(
     finally:
         os.close(write_end)
     return ForkedChild(conn, pid, os.fdopen(read_end, "r"))
-
-
-def stop_warm_workers() -> None:
-    """Asks every warm worker in the runtime folder to stop once its children have ended."""
-    stop_servers(runtime_dir())

@@ -129,9 +129,8 @@ def warm_model(config: str, checkpoint: str, device: str) -> DetInferencer:
     a GPU cannot be handed to a forked child)."""
     if device != "cpu":
         return DetInferencer(model=config, weights=checkpoint, device=device, show_progress=False)
-    key = tuple(
-        (path, os.stat(path).st_mtime_ns, os.stat(path).st_size) for path in (config, checkpoint)
-    )
+    files = (config, checkpoint)
+    key = tuple((path, (stat := os.stat(path)).st_mtime_ns, stat.st_size) for path in files)
     if key not in _warm_models:
         _warm_models[key] = DetInferencer(
             model=config, weights=checkpoint, device="cpu", show_progress=False
@@ -151,7 +150,7 @@ def infer(spec: InferSpec, device: str, report) -> dict:
     progress = Progress(report)
     started = time.monotonic()
     finished: list[Future] = []  # each image's result, drawn and saved by the writer
-    # Reading the next patches and drawing finished images overlap inference: GDAL, PIL and
+    # Reading the next patches and drawing finished images overlap inference: GDAL, OpenCV and
     # torch release the GIL, and on a GPU the CPU would otherwise wait for it.
     with ThreadPoolExecutor(1) as reader, ThreadPoolExecutor(1) as writer:
         batches = _batches(_patch_stream(spec), spec.batch_size)
