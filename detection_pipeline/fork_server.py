@@ -15,6 +15,7 @@ holds, and the child would hang on it.
 
 import contextlib
 import fcntl
+import gc
 import json
 import os
 import select
@@ -99,6 +100,9 @@ class ForkServer:
         self.prepare(request)
         sys.stdout.flush()
         sys.stderr.flush()
+        # The child's garbage collector leaves what it inherits alone: collecting it would take
+        # as long as in this big process, and writing to every object copies every page.
+        gc.freeze()
         pid = os.fork()
         if pid == 0:
             signal.set_wakeup_fd(-1)
@@ -117,6 +121,7 @@ class ForkServer:
                 sys.stdout.flush()
                 sys.stderr.flush()
                 os._exit(code)
+        gc.unfreeze()  # this process keeps collecting its own garbage
         for fd in fds:
             os.close(fd)
         self.children[pid] = conn

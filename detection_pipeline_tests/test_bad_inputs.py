@@ -4,12 +4,15 @@ fails the same way, writes and deletes nothing outside its own folder."""
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 
 import pytest
 from dagster import instance_for_test
 
+from detection_pipeline import run_tags
 from detection_pipeline.datasets.synthetic import make_large_image
+from detection_pipeline.datasets.validation import find_images
 from detection_pipeline.errors import InputError
 from detection_pipeline.records import record_store
 from detection_pipeline.records.service import RunService
@@ -248,3 +251,41 @@ def test_run_config_cannot_widen_the_data_roots_or_choose_the_program(
     assert refused.status == "error" and "outside the allowed data folders" in refused.error
     assert detected.status == "success"  # with the settings' Python, not the run config's
     assert not marker.exists()
+
+
+def test_an_image_broken_after_submission_fails_the_run(world, trained_model, datasets):
+    """The run checks again only what changed since submission checked it."""
+    settings, _ = world
+    images = settings.data_dir / "good"
+    shutil.copytree(datasets / "unseen" / "images", images, dirs_exist_ok=True)
+    with instance_for_test(temp_dir=str(settings.home)) as instance:
+        service = RunService(instance, settings)
+        register_as(service.store, "tiny", trained_model[1])
+        record = service.submit("detection", {"images": [str(images)], "model": "tiny"})
+        broken = sorted(images.iterdir())[1]
+        broken.write_bytes(broken.read_bytes()[:200])  # cut short, as an interrupted copy
+        result = execute_job(
+            settings,
+            "detect",
+            detect_config(images, "tiny"),
+            instance,
+            tags={run_tags.RECORD_ID: str(record.id)},  # as the queue launches it
+            raise_on_error=False,
+        )
+        record = service.store.get_run(record.id)
+    assert not result.success and record.status == "error"
+    assert f"not readable images: {broken.name}" in record.error
+
+
+def test_images_unchanged_since_a_check_are_not_read_again(tmp_path):
+    roots = (tmp_path,)
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    with pytest.raises(InputError, match="not readable images: broken.png"):
+        find_images([str(tmp_path)], roots)
+    checked_at = broken.stat().st_ctime + 2  # checked a while after it was written
+    assert find_images([str(tmp_path)], roots, checked_at) == [broken]  # trusted: not read
+    time.sleep(2)  # then it changes: any change of the file's status has it read again
+    os.chmod(broken, 0o644)
+    with pytest.raises(InputError, match="not readable images: broken.png"):
+        find_images([str(tmp_path)], roots, checked_at)

@@ -10,14 +10,23 @@ import sys
 from pathlib import Path
 
 import pytest
-from dagster import instance_for_test
+from dagster import DagsterInstance, DagsterRunStatus, instance_for_test
 
 from detection_pipeline import run_tags, run_worker
 from detection_pipeline.fork_server import RUNTIME_DIR_ENV
 from detection_pipeline.jobs.warm_child import socket_path
-from detection_pipeline.records.service import TERMINATED
+from detection_pipeline.records.service import TERMINATED, RunService
 
-from .conftest import alive, detect_config, execute_job, proc_stat, processes_in_group, wait_until
+from .conftest import (
+    alive,
+    detect_config,
+    execute_job,
+    make_home,
+    proc_stat,
+    processes_in_group,
+    register_as,
+    wait_until,
+)
 
 
 def detection(images: Path) -> dict:
@@ -163,3 +172,23 @@ def test_runs_start_the_slow_way_when_no_fork_server_can_be_had(
     assert "the code server starts the run worker instead" in messages
     assert "starting MMDetection in a new Python instead" in messages
     assert len(detections_of(Path(done.output_dir))) == 16
+
+
+def test_the_launcher_knows_at_once_when_a_run_worker_it_forked_exits(
+    tmp_path, datasets, trained_model, monkeypatch
+):
+    """What lets the queue start the next run without waiting for its next look."""
+    model = trained_model[1]
+    settings = make_home(tmp_path / "home", input_roots=[datasets, Path(model.checkpoint).parent])
+    monkeypatch.setenv("DAGSTER_HOME", str(settings.home))
+    with DagsterInstance.get() as instance:  # no daemon: this process launches, as one would
+        service = RunService(instance, settings)
+        register_as(service.store, "tiny", model)
+        record = service.submit("detection", detection(datasets / "unseen" / "images"))
+        exited = instance.run_launcher.run_worker_exited
+        instance.launch_run(record.dagster_run_id, workspace=None)
+        assert not exited.is_set()  # working
+        assert exited.wait(timeout=300)
+        run = instance.get_run_by_id(record.dagster_run_id)
+    assert run.status == DagsterRunStatus.SUCCESS
+    assert run_worker.is_alive(run_worker.reported_worker(run.run_id, run.tags)) is False

@@ -1,12 +1,15 @@
 """The deployment's instance config and the embedded default written by `init`."""
 
+import threading
+import time
 from pathlib import Path
 
 import yaml
 from dagster import DagsterInstance
 from dagster._core.run_coordinator import QueuedRunCoordinator
 
-from detection_pipeline.instance import DEPLOYMENT_CONFIG, instance_config
+from detection_pipeline.instance import DEPLOYMENT_CONFIG, instance_config, write_instance_config
+from detection_pipeline.instance.run_coordinator import DEQUEUE_INTERVAL_SECONDS, DEQUEUE_THREAD
 
 from .conftest import cli
 
@@ -55,3 +58,39 @@ def test_init_with_postgres_keeps_everything_in_that_database(tmp_path, postgres
     assert not (home / "records.db").exists()
     with DagsterInstance.from_config(str(home)) as instance:
         assert type(instance.run_storage).__name__ == "PostgresRunStorage"
+
+
+def _look(coordinator, exit_after: float | None = None, thread_name: str = DEQUEUE_THREAD):
+    """Seconds one look of the dequeue daemon waits when it first asks for the queue's settings,
+    and when it asks again within the look; a forked run worker exits `exit_after` seconds in."""
+    waited = []
+
+    def look() -> None:
+        for _ in range(2):
+            started = time.monotonic()
+            coordinator.get_run_queue_config()
+            waited.append(time.monotonic() - started)
+        coordinator.dequeue_use_threads  # noqa: B018 - read once a look, after it chose runs
+
+    if exit_after is not None:
+        exits = threading.Timer(
+            exit_after, coordinator._instance.run_launcher.run_worker_exited.set
+        )
+        exits.start()
+    thread = threading.Thread(target=look, name=thread_name)
+    thread.start()
+    thread.join()
+    return waited
+
+
+def test_the_queue_looks_again_as_soon_as_a_run_worker_exits(tmp_path):
+    write_instance_config(tmp_path)
+    with DagsterInstance.from_config(str(tmp_path)) as instance:
+        coordinator = instance.run_coordinator
+        first, again = _look(coordinator)  # nothing ends: half a second between looks
+        assert DEQUEUE_INTERVAL_SECONDS - 0.05 < first < DEQUEUE_INTERVAL_SECONDS + 0.3
+        assert again < 0.05  # the same look does not wait twice
+        first, _ = _look(coordinator, exit_after=0.1)
+        assert first < DEQUEUE_INTERVAL_SECONDS - 0.2
+        # Anyone else asking (the webserver, a sensor) never waits.
+        assert max(_look(coordinator, thread_name="webserver")) < 0.05

@@ -16,6 +16,8 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
 PILLOW_CHECKED = (".jpg", ".jpeg", ".png")
 VAL_ANNOTATIONS_FILE = "val.json"
 TEST_ANNOTATIONS_FILE = "test.json"
+# File times come from the kernel's coarse clock, some milliseconds behind time.time().
+FILE_CLOCK_SLACK_SECONDS = 1.0
 
 
 def confine(path: str | Path, roots: tuple[Path, ...], what: str) -> Path:
@@ -50,8 +52,11 @@ def image_problem(path: Path) -> str | None:
     return None
 
 
-def find_images(paths: list[str], roots: tuple[Path, ...]) -> list[Path]:
-    """The image files named by `paths` (files, or folders searched one level deep), all verified."""
+def find_images(
+    paths: list[str], roots: tuple[Path, ...], checked_at: float | None = None
+) -> list[Path]:
+    """The image files named by `paths` (files, or folders searched one level deep), all
+    verified but those unchanged since `checked_at`, a time when they were."""
     if not paths:
         raise InputError("no images given: name an image folder or image files")
     images: list[Path] = []
@@ -73,7 +78,12 @@ def find_images(paths: list[str], roots: tuple[Path, ...]) -> list[Path]:
             images.append(path)
         else:
             raise InputError(f"image path {given} does not exist; check the path")
-    broken = [problem for problem in map(image_problem, images) if problem]
+    if checked_at is not None:  # ctime: any write, rename or copy over it moves it on
+        since = checked_at - FILE_CLOCK_SLACK_SECONDS
+        unchecked = [image for image in images if image.stat().st_ctime >= since]
+    else:
+        unchecked = images
+    broken = [problem for problem in map(image_problem, unchecked) if problem]
     if broken:
         raise InputError(
             f"{len(broken)} file(s) are not readable images: {'; '.join(broken[:5])}"

@@ -12,9 +12,12 @@ queue. With this check, run monitoring fails such a run within one poll interval
 reconciliation sensor brings its record along.
 """
 
+import contextlib
 import os
 import signal
+import socket
 import sys
+import threading
 import time
 
 from dagster import DefaultRunLauncher
@@ -27,6 +30,17 @@ from .. import fork_server, run_tags, run_worker
 
 
 class LocalRunLauncher(DefaultRunLauncher):
+    def __init__(self, inst_data=None):
+        super().__init__(inst_data)
+        # Set when a run worker this launcher forked exits: the queue can start the next run
+        # at once instead of at its next look (run_coordinator.py).
+        self.run_worker_exited = threading.Event()
+
+    def _await_exit(self, conn: socket.socket) -> None:
+        with conn, contextlib.suppress(OSError):
+            conn.recv(fork_server.MESSAGE_BYTES)  # its exit code, or the server's end
+        self.run_worker_exited.set()
+
     def _fork_run_worker(self, run: DagsterRun) -> int:
         """Has this process's run worker server fork the run's worker; returns its pid."""
         path = fork_server.runtime_dir() / f"runs-{os.getpid()}.sock"
@@ -41,7 +55,7 @@ class LocalRunLauncher(DefaultRunLauncher):
         conn = fork_server.connect_or_start(path, command)
         request = {"run_id": run.run_id, "instance_ref": serialize_value(self._instance.get_ref())}
         pid = fork_server.request_fork(conn, request, [])
-        conn.close()  # the server reaps it; its run's events tell how it ended
+        threading.Thread(target=self._await_exit, args=(conn,), daemon=True).start()
         return pid
 
     def launch_run(self, context: LaunchRunContext) -> None:

@@ -23,11 +23,29 @@ from ..fork_server import ForkServer
 
 
 class RunWorkerServer(ForkServer):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.instances: dict[str, DagsterInstance] = {}
+
+    def _instance(self, ref: str) -> DagsterInstance:
+        if ref not in self.instances:
+            self.instances[ref] = DagsterInstance.from_ref(deserialize_value(ref, InstanceRef))
+        return self.instances[ref]
+
+    def prepare(self, request: dict) -> None:
+        # Opening an instance checks its storage's schema (40-200 ms): done once here, every
+        # run worker inherits it. Its storages hold no connection between uses (NullPool), so
+        # no connection is shared across the fork.
+        try:
+            self._instance(request["instance_ref"])
+        except Exception as error:  # noqa: BLE001 - the run worker tries again and reports why
+            print(f"could not open the instance: {error}", flush=True)
+
     def child(self, request: dict, fds: list[int]) -> int:
-        instance_ref = deserialize_value(request["instance_ref"], InstanceRef)
+        instance = self._instance(request["instance_ref"])
         # Terminating the run sends this process SIGINT, which Dagster turns into a
         # cancellation of the run, as in the run workers the code server starts.
-        with capture_interrupts(), DagsterInstance.from_ref(instance_ref) as instance:
+        with capture_interrupts(), instance:
             try:
                 # The home's settings as they are now, as a new Python would read them (3 ms).
                 importlib.reload(definitions)

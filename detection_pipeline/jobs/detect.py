@@ -26,7 +26,7 @@ from ..models import ModelFiles, resolve_model
 from ..records import RecordStore, record_store
 from ..records.schema import Kind
 from ..resources import MMDetRunner, RunFolders
-from .record_lifecycle import bad_input_fails_the_run, cleanup, start_record
+from .record_lifecycle import bad_input_fails_the_run, cleanup, inputs_checked_at, start_record
 
 
 class DetectConfig(Config):
@@ -104,9 +104,13 @@ def _stage(images: list[Path], staging: Path) -> list[str]:
 
 
 def check_detection_inputs(
-    config: DetectConfig, store: RecordStore, roots: tuple[Path, ...]
+    config: DetectConfig,
+    store: RecordStore,
+    roots: tuple[Path, ...],
+    checked_at: float | None = None,
 ) -> tuple[ModelFiles, list[Path], Path | None]:
     """The model's files, the images and the ignore zones' file (or None); raises InputError.
+    Images unchanged since `checked_at` (when an earlier check passed) are not read again.
 
     Submission checks the same."""
     model = resolve_model(
@@ -116,7 +120,7 @@ def check_detection_inputs(
     if config.ignore_zones:
         zones = confine(config.ignore_zones, roots, "ignore zones file")
         read_ignore_zones(zones)
-    return model, find_images(config.images, roots), zones
+    return model, find_images(config.images, roots, checked_at), zones
 
 
 @op(out=Out(DetectionPlan))
@@ -129,7 +133,7 @@ def prepare_inputs(
     )
     with bad_input_fails_the_run():
         model, images, zones = check_detection_inputs(
-            config, record_store(context.instance), folders.roots
+            config, record_store(context.instance), folders.roots, inputs_checked_at(record)
         )
     run_dir = folders.run_dir(record.id)
     spec = InferSpec(

@@ -8,7 +8,7 @@ from dagster import Failure, HookContext, OpExecutionContext, ResourceParam, fai
 from .. import run_tags, run_worker
 from ..errors import InputError
 from ..records import record_store
-from ..records.adoption import adopt_run
+from ..records.adoption import adopt_run, is_adopted
 from ..records.schema import RunRecord
 from ..resources import RunFolders
 
@@ -36,6 +36,12 @@ def start_record(
         )
     folders.remove_staging(record_id)  # left behind by an earlier attempt whose worker died
     return record
+
+
+def inputs_checked_at(record: RunRecord) -> float | None:
+    """When the run's inputs were last found good: on submission, which checks them before it
+    makes the record. A record adopted from a run launched in the Dagster UI had no such check."""
+    return None if is_adopted(record) else record.created_at.timestamp()
 
 
 @contextlib.contextmanager

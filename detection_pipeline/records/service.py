@@ -209,6 +209,7 @@ class RunService:
 
         With a key, submitting again returns the first run instead of making another.
         """
+        checked_at = utcnow()  # before the check: the run reads again what changed after it
         config = parse_params(kind, params)
         JOBS[kind].check_inputs(config, self.store, self.settings.input_roots)
         queue = queue or QUEUE_OF_KIND[kind]
@@ -225,6 +226,7 @@ class RunService:
             model_of(params),
             run_at=run_at if delayed else now + QUEUEING_LEASE,
             key=key,
+            created_at=checked_at,
         )
         if not created or delayed:
             return record

@@ -33,9 +33,11 @@ class RecordStore:
         model: str | None = None,
         run_at: dt.datetime | None = None,
         key: str | None = None,
+        created_at: dt.datetime | None = None,
     ) -> tuple[RunRecord, bool]:
         """A new waiting record, or the one already made with this key. Returns (record, created)."""
         record = RunRecord(
+            created_at=created_at or utcnow(),
             kind=kind,
             status=Status.WAITING.value,
             queue=queue,
