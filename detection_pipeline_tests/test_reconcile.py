@@ -7,7 +7,7 @@ import os
 import subprocess
 
 import pytest
-from dagster import DagsterRunStatus
+from dagster import DagsterRunStatus, build_sensor_context
 
 from detection_pipeline import run_tags, run_worker
 from detection_pipeline.jobs.record_lifecycle import NOT_RETRIED_BAD_INPUT
@@ -17,6 +17,7 @@ from detection_pipeline.records.service import (
     TERMINATED,
     _queue_dagster_run,
 )
+from detection_pipeline.sensors.service_sensor import sensor_instance
 from detection_pipeline.settings import QueueSettings, RetryPolicy
 
 from .conftest import detect_config
@@ -173,3 +174,15 @@ def test_the_health_check_fails_a_run_whose_worker_is_gone(idle_queue, datasets)
     assert health_with_worker(pid=dead_pid) == ("FAILED", f"run worker (pid {dead_pid}) died")
     # A pid the system gave to another process since: not the worker.
     assert health_with_worker(pid=os.getpid(), start="1")[0] == "FAILED"
+
+
+def test_sensors_in_the_code_server_open_the_instance_once(idle_queue):
+    """The daemon hands each evaluation an instance ref; opening an instance checks its
+    storage's schema, so it is opened once per process, not once per tick."""
+    ref = idle_queue.instance.get_ref()
+    opened = [sensor_instance(build_sensor_context(instance_ref=ref)) for _ in range(2)]
+    assert opened[0] is opened[1]
+    assert opened[0].get_run_by_id("none") is None  # a working instance
+    # Given an instance (tests, the bench), the sensor uses that one.
+    given = build_sensor_context(instance=idle_queue.instance)
+    assert sensor_instance(given) is idle_queue.instance

@@ -28,7 +28,7 @@ def _opened_instance(serialized_ref: str) -> DagsterInstance:
     return DagsterInstance.from_ref(deserialize_value(serialized_ref, InstanceRef))
 
 
-def _instance(context: SensorEvaluationContext) -> DagsterInstance:
+def sensor_instance(context: SensorEvaluationContext) -> DagsterInstance:
     """The instance, opened once per process. Dagster opens a new one for every evaluation,
     which checks its storage's schema: 40 ms of the code server's CPU per tick and sensor,
     most of what the sensors cost while a run works."""
@@ -53,7 +53,7 @@ def make_service_sensor(
         description=description,
     )
     def service_sensor(context: SensorEvaluationContext) -> SkipReason:
-        done = work(RunService(_instance(context), settings))
+        done = work(RunService(sensor_instance(context), settings))
         for line in done:
             context.log.info(line)
         return SkipReason("; ".join(done) if done else idle_message)
