@@ -8,6 +8,7 @@ from dagster import instance_for_test
 from detection_pipeline import run_tags
 from detection_pipeline.datasets.recall import recall
 from detection_pipeline.definitions import defs
+from detection_pipeline.jobs.pipes_messages import PIPES_MESSAGES_FILE
 from detection_pipeline.records import record_store
 
 from .conftest import TRAIN_EPOCHS, detect_config, execute_job
@@ -59,6 +60,9 @@ def test_detection_finds_the_known_objects(trained_model, datasets):
         tags = instance.get_run_by_id(result.run_id).tags
         assert tags[run_tags.RECORD_ID] == str(record.id)
         assert tags[run_tags.QUEUE] == "detection"
+        # The child's Pipes messages came through the run folder's file, which is gone now.
+        logs = " ".join(event.user_message or "" for event in instance.all_logs(result.run_id))
+        assert "successfully opened dagster pipes" in logs
     assert record.status == "success" and record.attempts == 1 and record.kind == "detection"
     run_dir = Path(record.output_dir)
     detections = json.loads((run_dir / "detections.json").read_text())
@@ -71,6 +75,7 @@ def test_detection_finds_the_known_objects(trained_model, datasets):
     assert len(list((run_dir / "vis").glob("*.jpg"))) == 16
     assert (run_dir / f"succ_{record.id}.txt").is_file()
     assert not (run_dir / "staging").exists()  # cleanup removes staged inputs, keeps outputs
+    assert not (run_dir / PIPES_MESSAGES_FILE).exists()
 
     output = next(
         e for e in result.all_events if e.step_key == "collect_outputs" and e.is_successful_output

@@ -19,13 +19,13 @@ from dagster import (
     MetadataValue,
     OpExecutionContext,
     PipesTempFileContextInjector,
-    PipesTempFileMessageReader,
     open_pipes_session,
 )
 
 from ..fork_server import ForkedChild, ForkServerUnavailable
 from ..mmdet_runner.specs import RUN_WORKER_PID_ENV, InferSpec, TrainSpec
 from ..process_group import kill_process_group
+from .pipes_messages import PIPES_MESSAGES_FILE, RunFolderMessageReader
 from .warm_child import fork_child
 
 if TYPE_CHECKING:
@@ -139,7 +139,7 @@ def run_mmdetection_child(
             open_pipes_session(
                 context=context,
                 context_injector=PipesTempFileContextInjector(),
-                message_reader=PipesTempFileMessageReader(),
+                message_reader=RunFolderMessageReader(str(run_dir / PIPES_MESSAGES_FILE)),
             ) as session,
             running_log.open("w") as log_file,
         ):
