@@ -9,7 +9,11 @@ from dagster import DagsterInstance
 from dagster._core.run_coordinator import QueuedRunCoordinator
 
 from detection_pipeline.instance import DEPLOYMENT_CONFIG, instance_config, write_instance_config
-from detection_pipeline.instance.run_coordinator import DEQUEUE_INTERVAL_SECONDS, DEQUEUE_THREAD
+from detection_pipeline.instance.run_coordinator import (
+    DEQUEUE_INTERVAL_SECONDS,
+    DEQUEUE_THREAD,
+    FULL_QUEUE_LOOK_SECONDS,
+)
 
 from .conftest import cli
 
@@ -94,3 +98,10 @@ def test_the_queue_looks_again_as_soon_as_a_run_worker_exits(tmp_path):
         assert first < DEQUEUE_INTERVAL_SECONDS - 0.2
         # Anyone else asking (the webserver, a sensor) never waits.
         assert max(_look(coordinator, thread_name="webserver")) < 0.05
+        # With the one run the queue allows at work in a forked worker, the daemon looks when
+        # it exits, or after FULL_QUEUE_LOOK_SECONDS.
+        coordinator._instance.run_launcher.forked_workers_running = 1
+        first, _ = _look(coordinator, exit_after=2.0)
+        assert 1.9 < first < 2.5
+        first, _ = _look(coordinator)
+        assert FULL_QUEUE_LOOK_SECONDS - 0.1 < first < FULL_QUEUE_LOOK_SECONDS + 0.5

@@ -35,10 +35,14 @@ class LocalRunLauncher(DefaultRunLauncher):
         # Set when a run worker this launcher forked exits: the queue can start the next run
         # at once instead of at its next look (run_coordinator.py).
         self.run_worker_exited = threading.Event()
+        self.forked_workers_running = 0
+        self._count_lock = threading.Lock()
 
     def _await_exit(self, conn: socket.socket) -> None:
         with conn, contextlib.suppress(OSError):
             conn.recv(fork_server.MESSAGE_BYTES)  # its exit code, or the server's end
+        with self._count_lock:
+            self.forked_workers_running -= 1
         self.run_worker_exited.set()
 
     def _fork_run_worker(self, run: DagsterRun) -> int:
@@ -55,6 +59,8 @@ class LocalRunLauncher(DefaultRunLauncher):
         conn = fork_server.connect_or_start(path, command)
         request = {"run_id": run.run_id, "instance_ref": serialize_value(self._instance.get_ref())}
         pid = fork_server.request_fork(conn, request, [])
+        with self._count_lock:
+            self.forked_workers_running += 1
         threading.Thread(target=self._await_exit, args=(conn,), daemon=True).start()
         return pid
 
