@@ -4,8 +4,8 @@
 
 Every figure is measured in this one run, on one storage: SQLite (the embedded default) or,
 with a PostgreSQL URL of a user who may create databases, a new database there (dropped after).
-The plain scripts run alone, before the daemon starts; the product's figures are taken with the
-daemon running, as it always is.
+The plain scripts run alone, before the daemon starts and again after it stopped (the mean of
+the two); the product's figures are taken with the daemon running, as it always is.
 Prints a table with each figure, its goal and whether it is met; writes
 bench/results/suite_<storage>_<time>.json so two commits can be compared.
 

@@ -1,9 +1,13 @@
 """The Dagster home (DAGSTER_HOME) this product runs in, and its instance config."""
 
+import functools
 import os
 from pathlib import Path
 
 import yaml
+from dagster import DagsterInstance
+from dagster._core.instance.ref import InstanceRef
+from dagster._serdes import deserialize_value
 
 DEFAULT_HOME = Path("~/.detection_pipeline")
 DEPLOYMENT_CONFIG = Path(__file__).parent / "dagster.yaml"
@@ -40,3 +44,10 @@ def write_instance_config(home: Path, postgres_url: str | None = None) -> Path:
     )
     path.write_text(header + yaml.safe_dump(instance_config(home, postgres_url), sort_keys=False))
     return path
+
+
+@functools.cache
+def opened_instance(serialized_ref: str) -> DagsterInstance:
+    """The instance of a serialized InstanceRef, opened once per process: opening one checks its
+    storage's schema (40-200 ms). Its storages hold no connection between uses (NullPool)."""
+    return DagsterInstance.from_ref(deserialize_value(serialized_ref, InstanceRef))

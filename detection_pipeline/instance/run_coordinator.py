@@ -39,15 +39,16 @@ class SequentialRunCoordinator(QueuedRunCoordinator):
         return super().dequeue_use_threads
 
     def get_run_queue_config(self):
+        config = super().get_run_queue_config()
         if threading.current_thread().name == DEQUEUE_THREAD and not self._looking:
             self._looking = True
-            self._await_run_worker_exit()
-        return super().get_run_queue_config()
+            self._await_run_worker_exit(config.max_concurrent_runs)
+        return config
 
-    def _await_run_worker_exit(self) -> None:
+    def _await_run_worker_exit(self, limit: int) -> None:
+        """`limit`: the runs the queue allows at once, -1 for no limit."""
         launcher = self._instance.run_launcher
         if isinstance(launcher, LocalRunLauncher):
-            limit = super().get_run_queue_config().max_concurrent_runs  # -1: no limit
             full = 0 < limit <= launcher.forked_workers_running
             # Dagster's loop adds no wait of its own after a look that took this long.
             launcher.run_worker_exited.wait(

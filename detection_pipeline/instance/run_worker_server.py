@@ -12,37 +12,25 @@ the process whose launcher started it (the daemon) and stops with it.
 import argparse
 import importlib
 
-from dagster import DagsterInstance
 from dagster._cli.api import _execute_run_command_body
-from dagster._core.instance.ref import InstanceRef
-from dagster._serdes import deserialize_value
 from dagster._utils.interrupts import capture_interrupts
 
 from .. import definitions
 from ..fork_server import ForkServer
+from . import opened_instance
 
 
 class RunWorkerServer(ForkServer):
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.instances: dict[str, DagsterInstance] = {}
-
-    def _instance(self, ref: str) -> DagsterInstance:
-        if ref not in self.instances:
-            self.instances[ref] = DagsterInstance.from_ref(deserialize_value(ref, InstanceRef))
-        return self.instances[ref]
-
     def prepare(self, request: dict) -> None:
-        # Opening an instance checks its storage's schema (40-200 ms): done once here, every
-        # run worker inherits it. Its storages hold no connection between uses (NullPool), so
-        # no connection is shared across the fork.
+        # Opened once here, every run worker inherits the instance; no connection is shared
+        # across the fork, as its storages hold none between uses.
         try:
-            self._instance(request["instance_ref"])
+            opened_instance(request["instance_ref"])
         except Exception as error:  # noqa: BLE001 - the run worker tries again and reports why
             print(f"could not open the instance: {error}", flush=True)
 
     def child(self, request: dict, fds: list[int]) -> int:
-        instance = self._instance(request["instance_ref"])
+        instance = opened_instance(request["instance_ref"])
         # Terminating the run sends this process SIGINT, which Dagster turns into a
         # cancellation of the run, as in the run workers the code server starts.
         with capture_interrupts(), instance:

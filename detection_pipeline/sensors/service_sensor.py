@@ -1,7 +1,6 @@
 """The shape of the sensors that keep records and the queue in order: each tick asks the
 RunService to do one thing, logs what it did, and says so in the tick's message."""
 
-import functools
 from collections.abc import Callable
 
 from dagster import (
@@ -11,9 +10,9 @@ from dagster import (
     SkipReason,
     sensor,
 )
-from dagster._core.instance.ref import InstanceRef
-from dagster._serdes import deserialize_value, serialize_value
+from dagster._serdes import serialize_value
 
+from ..instance import opened_instance
 from ..records.service import RunService
 from ..settings import Settings
 
@@ -23,17 +22,12 @@ TICK_SECONDS = 5
 MINIMUM_INTERVAL_SECONDS = 1
 
 
-@functools.cache
-def _opened_instance(serialized_ref: str) -> DagsterInstance:
-    return DagsterInstance.from_ref(deserialize_value(serialized_ref, InstanceRef))
-
-
 def sensor_instance(context: SensorEvaluationContext) -> DagsterInstance:
     """The instance, opened once per process. Dagster opens a new one for every evaluation,
     which checks its storage's schema: 40 ms of the code server's CPU per tick and sensor,
     most of what the sensors cost while a run works."""
     ref = context.instance_ref
-    return _opened_instance(serialize_value(ref)) if ref else context.instance
+    return opened_instance(serialize_value(ref)) if ref else context.instance
 
 
 def make_service_sensor(
