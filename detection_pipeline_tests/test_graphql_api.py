@@ -10,7 +10,7 @@ from dagster_graphql import DagsterGraphQLClient, DagsterGraphQLClientError
 
 from detection_pipeline.records.service import TERMINATED
 
-from .conftest import cli, detect_config, serving, wait_until
+from .conftest import cli, detect_config, hold_mmdetection, serving, wait_until
 
 DOCS = Path(__file__).parents[1] / "docs" / "graphql.md"
 
@@ -42,7 +42,7 @@ def _json(result) -> dict | list:
 
 
 @pytest.mark.parametrize("open_queue", ["sqlite"], indirect=True)
-def test_the_cli_works_through_the_webserver(served, datasets):
+def test_the_cli_works_through_the_webserver(served, datasets, tmp_path):
     queue, url = served
     data = queue.settings.data_dir
     remote = ("--url", url)
@@ -63,6 +63,9 @@ def test_the_cli_works_through_the_webserver(served, datasets):
     assert done["output_dir"] == str(queue.settings.runs_dir / str(done["id"]))
     assert queue.store.get_run(done["id"]).status == "success"  # the server's own record
 
+    # The next run stays processing (held before its MMDetection starts) until terminated: the
+    # CLI's calls below take longer than a fast machine needs to detect on 600 images.
+    hold_mmdetection(tmp_path)
     running = _json(
         cli(*remote, "detect", "--images", str(data / "photos"), "--model", "dumps", "--json")
     )
@@ -77,7 +80,11 @@ def test_the_cli_works_through_the_webserver(served, datasets):
     cancelled = _json(cli(*remote, "cancel", str(waiting["id"]), "--json"))
     assert cancelled["status"] == "cancelled"
 
-    wait_until(lambda: queue.store.get_run(running["id"]).status == "processing", timeout=120)
+    started = wait_until(
+        lambda: (status := queue.store.get_run(running["id"]).status) != "waiting" and status,
+        timeout=120,
+    )
+    assert started == "processing"
     terminated = _json(cli(*remote, "terminate", str(running["id"]), "--json"))
     assert (terminated["status"], terminated["error"]) == ("error", TERMINATED)
     # the server's record follows within a tick of its reconciliation sensor
