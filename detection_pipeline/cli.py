@@ -555,8 +555,13 @@ def delete_model(name):
     click.echo(f"model {name} deleted ({versions} version{'s' if versions != 1 else ''})")
 
 
+# Measured on the demo's data with training seeds 0-4: 30 epochs found 56-100 % of the unseen
+# rectangles (seed 0, the one used, 56 %), 45 epochs 97-100 %.
+DEMO_EPOCHS = 45
+
+
 @main.command()
-@click.option("--epochs", default=30, show_default=True)
+@click.option("--epochs", default=DEMO_EPOCHS, show_default=True)
 def demo(epochs):
     """Train a tiny detector on synthetic images, then detect with it, through the queue."""
     from .datasets.recall import recall

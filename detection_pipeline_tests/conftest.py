@@ -38,7 +38,10 @@ ARTIFACTS = Path(
         "DETECTION_PIPELINE_TEST_ARTIFACTS", Path(__file__).parents[1] / "test-artifacts"
     )
 )
-TRAIN_EPOCHS = 30
+# The session model's training, with a margin over the recall the tests ask for: with 30
+# epochs, seeds 0-4 found 56-100 % of the unseen objects (seed 0, the one used, 56 % on this
+# machine kind after passing on earlier ones); with 45 epochs 97-100 % (measured).
+TRAIN_EPOCHS = 45
 CLI = str(Path(sys.executable).parent / "detection-pipeline")
 
 
