@@ -139,25 +139,25 @@ def python_wrapper(folder: Path) -> Path:
     """An interpreter wrapper (like one that activates an environment) that leaves a grandchild
     behind, so tests can check that a whole MMDetection process tree dies. Before handing over
     to Python it writes its pid (the child's: exec keeps it) and the grandchild's, and waits
-    while `hold_mmdetection(folder)` holds it."""
+    while `hold_mmdetection(wrapper)` holds it."""
     wrapper = folder / "python-wrapper"
     wrapper.write_text(
         "#!/bin/sh\necho $$ > child.pid\nsleep 1000 &\necho $! > grandchild.pid\n"
-        f"while [ -e {_hold_file(folder)} ]; do sleep 0.1; done\n"
+        f"while [ -e {_hold_file(wrapper)} ]; do sleep 0.1; done\n"
         f'exec {sys.executable} "$@"\n'
     )
     wrapper.chmod(wrapper.stat().st_mode | stat.S_IEXEC)
     return wrapper
 
 
-def _hold_file(folder: Path) -> Path:
-    return folder / "hold-mmdetection"
+def _hold_file(wrapper: Path) -> Path:
+    return wrapper.with_name("hold-mmdetection")
 
 
-def hold_mmdetection(folder: Path) -> None:
-    """Holds the MMDetection children that `python_wrapper(folder)` starts from now on before
-    they start: their runs stay processing until terminated, however fast the machine is."""
-    _hold_file(folder).touch()
+def hold_mmdetection(wrapper: str | Path) -> None:
+    """Holds the MMDetection children that the `python_wrapper` at `wrapper` starts from now on
+    before they start: their runs stay processing until terminated, however fast the machine is."""
+    _hold_file(Path(wrapper)).touch()
 
 
 NO_RETRIES = {

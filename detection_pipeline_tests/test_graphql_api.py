@@ -42,7 +42,7 @@ def _json(result) -> dict | list:
 
 
 @pytest.mark.parametrize("open_queue", ["sqlite"], indirect=True)
-def test_the_cli_works_through_the_webserver(served, datasets, tmp_path):
+def test_the_cli_works_through_the_webserver(served, datasets):
     queue, url = served
     data = queue.settings.data_dir
     remote = ("--url", url)
@@ -65,7 +65,7 @@ def test_the_cli_works_through_the_webserver(served, datasets, tmp_path):
 
     # The next run stays processing (held before its MMDetection starts) until terminated: the
     # CLI's calls below take longer than a fast machine needs to detect on 600 images.
-    hold_mmdetection(tmp_path)
+    hold_mmdetection(queue.settings.python_executable)
     running = _json(
         cli(*remote, "detect", "--images", str(data / "photos"), "--model", "dumps", "--json")
     )
