@@ -18,6 +18,7 @@ from .dagster_services import (
     daemon_running,
     dagster_command,
     running_daemon,
+    serve_daemon,
     start_service,
     stop_service,
     webserver_command,
@@ -310,13 +311,25 @@ def up(port, host):
 def webserver(port, host, read_only, path_prefix):
     """Start only the Dagster webserver (UI and GraphQL) for this home; Ctrl-C stops it.
 
-    The daemon that runs the queue runs beside it: `up` (once per home), or
-    `dagster-daemon run -m detection_pipeline.definitions`."""
+    The daemon that runs the queue runs beside it: `up` (once per home), or `daemon`."""
     _refuse_remote()
     _serve(
         webserver_command(host, port, read_only=read_only, path_prefix=path_prefix),
         f"http://{host}:{port}{path_prefix}" + (" (read-only)" if read_only else ""),
     )
+
+
+@main.command()
+def daemon():
+    """Start only the Dagster daemon for this home (the queue, sensors and schedules); Ctrl-C
+    stops it. `up` starts it with the UI."""
+    _refuse_remote()
+    from dagster import DagsterInstance
+
+    _settings()
+    with DagsterInstance.get() as instance:
+        code = serve_daemon(instance)
+    sys.exit(code)
 
 
 @main.command("make-dataset")

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 from mmdet.apis import DetInferencer
 from mmdet.utils.large_image import merge_results_by_nms
 
@@ -28,6 +29,7 @@ from .specs import DRAWN_DIR, InferSpec
 PROGRESS_SECONDS = 5.0
 # Models the warm worker keeps loaded (the tiny one takes 60 MB; a large one several hundred).
 WARM_MODELS = 3
+WARM_UP_IMAGE_SIZE = 256  # the data pipeline resizes every image to the model's own scale
 _warm_models: collections.OrderedDict[tuple, DetInferencer] = collections.OrderedDict()
 
 
@@ -121,9 +123,12 @@ def _image_result(
     }
 
 
-def warm_model(config: str, checkpoint: str, device: str) -> DetInferencer:
+def warm_model(config: str, checkpoint: str, device: str, warm_up_batch: int = 0) -> DetInferencer:
     """The model for these files: loaded once and kept in this process when it runs on the CPU
-    (the warm worker loads it before it forks a run's child, which then finds it here).
+    (the warm worker loads it before it forks a run's child, which then finds it here). A
+    model loaded here first detects on `warm_up_batch` blank images, if any: torch, oneDNN and
+    the data pipeline set themselves up on their first calls, which a forked child then finds
+    done (its first batch took 0.33 s instead of 0.18, the others 0.1 s).
 
     A file replaced under the same name is loaded again; on a GPU every call loads (a model on
     a GPU cannot be handed to a forked child)."""
@@ -132,9 +137,18 @@ def warm_model(config: str, checkpoint: str, device: str) -> DetInferencer:
     files = (config, checkpoint)
     key = tuple((path, (stat := os.stat(path)).st_mtime_ns, stat.st_size) for path in files)
     if key not in _warm_models:
-        _warm_models[key] = DetInferencer(
+        inferencer = DetInferencer(
             model=config, weights=checkpoint, device="cpu", show_progress=False
         )
+        if warm_up_batch:
+            blank = np.zeros((WARM_UP_IMAGE_SIZE, WARM_UP_IMAGE_SIZE, 3), np.uint8)
+            inferencer(
+                [blank] * warm_up_batch,
+                batch_size=warm_up_batch,
+                no_save_vis=True,
+                return_datasamples=True,
+            )
+        _warm_models[key] = inferencer
         while len(_warm_models) > WARM_MODELS:
             _warm_models.popitem(last=False)
     _warm_models.move_to_end(key)

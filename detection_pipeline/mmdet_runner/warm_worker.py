@@ -40,7 +40,7 @@ class WarmWorker(ForkServer):
         spec = read_spec(request["action"], request["spec"])
         if request["action"] == "infer" and spec.device == "cpu":
             try:
-                warm_model(spec.config, spec.checkpoint, spec.device)
+                warm_model(spec.config, spec.checkpoint, spec.device, spec.batch_size)
             except Exception as error:  # noqa: BLE001 - the child loads it again and reports why
                 print(f"could not load {spec.checkpoint}: {error}", flush=True)
 

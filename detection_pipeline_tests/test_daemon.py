@@ -1,0 +1,60 @@
+"""`detection-pipeline daemon`: the daemon keeps one code server while it runs, and stopping
+it stops every process it started."""
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from dagster import DagsterInstance
+from dagster._daemon.controller import RELOAD_WORKSPACE_INTERVAL
+
+from detection_pipeline.dagster_services import daemon_running
+
+from .conftest import CLI, alive, descendants, make_home, wait_until
+
+
+def code_servers(pids: set[int]) -> set[int]:
+    """Those of `pids` that are Dagster code servers (`dagster api grpc`, `dagster code-server`)."""
+    found = set()
+    for pid in pids:
+        try:
+            command = Path(f"/proc/{pid}/cmdline").read_text().split("\0")
+        except FileNotFoundError:
+            continue
+        if "dagster" in command and ("api" in command or "code-server" in command):
+            found.add(pid)
+    return found
+
+
+def test_the_daemon_keeps_its_code_server_and_stops_with_everything_it_started(
+    tmp_path, monkeypatch
+):
+    """`dagster-daemon run -m MODULE` replaces its code server every minute (a new Python importing
+    Dagster and this code location, seconds of CPU beside a run's MMDetection work)."""
+    settings = make_home(tmp_path / "home")
+    monkeypatch.setenv("DAGSTER_HOME", str(settings.home))
+    log = tmp_path / "daemon.log"
+    daemon = subprocess.Popen(
+        [CLI, "daemon"],
+        env=os.environ,
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # as in a terminal of its own; the test's cleanup kills the group
+    )
+    try:
+        with DagsterInstance.get() as instance:
+            wait_until(lambda: daemon_running(instance), timeout=120)
+            servers = code_servers(descendants(daemon.pid))
+            assert servers, log.read_text()
+            time.sleep(RELOAD_WORKSPACE_INTERVAL + 10)  # past the daemon's workspace refresh
+            assert code_servers(descendants(daemon.pid)) == servers, log.read_text()
+            assert daemon_running(instance)
+        started = descendants(daemon.pid)
+        daemon.send_signal(signal.SIGINT)  # to it alone: it stops the rest
+        assert daemon.wait(timeout=60) == 0
+        wait_until(lambda: not [pid for pid in started if alive(pid)], timeout=30)
+    finally:
+        if daemon.poll() is None:
+            os.killpg(daemon.pid, signal.SIGKILL)
