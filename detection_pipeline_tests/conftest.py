@@ -262,6 +262,10 @@ def proc_stat(pid: int) -> list[str] | None:
     return None if fields[0] == "Z" else fields
 
 
+def command_line(pid: int) -> str:
+    return Path(f"/proc/{pid}/cmdline").read_text().replace("\0", " ")
+
+
 def alive(pid: int) -> bool:
     return proc_stat(pid) is not None
 

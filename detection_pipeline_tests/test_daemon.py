@@ -1,30 +1,28 @@
 """`detection-pipeline daemon`: the daemon keeps one code server while it runs, and stopping
 it stops every process it started."""
 
+import contextlib
 import os
 import signal
 import subprocess
 import time
-from pathlib import Path
 
 from dagster import DagsterInstance
 from dagster._daemon.controller import RELOAD_WORKSPACE_INTERVAL
 
 from detection_pipeline.dagster_services import daemon_running
 
-from .conftest import CLI, alive, descendants, make_home, wait_until
+from .conftest import CLI, alive, command_line, descendants, make_home, wait_until
 
 
 def code_servers(pids: set[int]) -> set[int]:
     """Those of `pids` that are Dagster code servers (`dagster api grpc`, `dagster code-server`)."""
     found = set()
     for pid in pids:
-        try:
-            command = Path(f"/proc/{pid}/cmdline").read_text().split("\0")
-        except FileNotFoundError:
-            continue
-        if "dagster" in command and ("api" in command or "code-server" in command):
-            found.add(pid)
+        with contextlib.suppress(FileNotFoundError):  # a process that ended meanwhile
+            command = command_line(pid)
+            if "dagster api grpc" in command or "dagster code-server" in command:
+                found.add(pid)
     return found
 
 

@@ -19,6 +19,7 @@ from detection_pipeline.records.service import TERMINATED, RunService
 
 from .conftest import (
     alive,
+    command_line,
     detect_config,
     execute_job,
     make_home,
@@ -87,10 +88,6 @@ def test_a_warm_child_detects_what_a_new_python_does_and_the_model_stays_loaded(
     assert_same_detections(detections_of(cold_dir), detections_of(first_dir))
     assert detections_of(first_dir) == detections_of(second_dir)
     assert sum(map(len, detections_of(second_dir))) > 0
-
-
-def command_line(pid: int) -> str:
-    return Path(f"/proc/{pid}/cmdline").read_text().replace("\0", " ")
 
 
 @pytest.fixture
