@@ -97,7 +97,7 @@ def _next_step(record: RunRecord) -> str:
             return f"attempt {record.attempts + 1} no sooner than {_when(record.run_at)}"
         return f"starts no sooner than {_when(record.run_at)}"
     if record.retry_pending:
-        return "failed; the retry sensor decides on a retry within seconds"
+        return "failed; the upkeep sensor decides on a retry within seconds"
     if record.not_retried:
         return f"not retried: {record.not_retried}"
     return ""

@@ -9,10 +9,8 @@ from .jobs.train import training
 from .records.schema import Kind
 from .resources import MMDetRunner, RunFolders
 from .schedules import make_schedules
-from .sensors.delayed import make_delayed_runs_sensor
 from .sensors.inbox import make_inbox_sensor
-from .sensors.reconcile import make_reconcile_sensor
-from .sensors.retry import make_retry_sensor
+from .sensors.upkeep import make_upkeep_sensor
 from .settings import Settings
 
 
@@ -39,12 +37,7 @@ def build_definitions(settings: Settings) -> Definitions:
             queued_job(detection, "detect", Kind.DETECTION.value, settings),
             queued_job(training, "train", Kind.TRAINING.value, settings),
         ],
-        sensors=[
-            make_reconcile_sensor(settings),
-            make_retry_sensor(settings),
-            make_delayed_runs_sensor(settings),
-            *inbox,
-        ],
+        sensors=[make_upkeep_sensor(settings), *inbox],
         schedules=make_schedules(settings),
         resources=build_resources(settings),
     )

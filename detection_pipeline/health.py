@@ -38,7 +38,7 @@ class InstigatorHealth:
 
 @dataclasses.dataclass(frozen=True)
 class QueuedRun:
-    """A run in Dagster's queue; its record id is None until the reconciliation sensor gives
+    """A run in Dagster's queue; its record id is None until the upkeep sensor gives
     it one."""
 
     run_id: str

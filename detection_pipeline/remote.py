@@ -45,7 +45,7 @@ RUNS_QUERY = gql(
     }
     """
 )
-# How long a submitted run may wait for its record: the server's reconciliation sensor gives
+# How long a submitted run may wait for its record: the server's upkeep sensor gives
 # it one within a tick (5 s) while it is queued.
 ADOPTION_TIMEOUT_SECONDS = 60
 WAITING_RUN_STATUSES = {"QUEUED", "NOT_STARTED", "STARTING", "MANAGED"}
@@ -97,7 +97,7 @@ def _tags(run: dict) -> dict[str, str]:
 
 def _status(run: dict, written: str | None) -> str:
     """The record's status: the one written on its latest run, unless that run has ended since
-    and the server's reconciliation sensor is yet to catch up (a tick, 5 s)."""
+    and the server's upkeep sensor is yet to catch up (a tick, 5 s)."""
     ended = run["status"] in (*RUN_STATUS_OF_FINISHED, "CANCELED")
     if written in FINAL_STATUSES or (written in ACTIVE_STATUSES and not ended):
         return written
@@ -131,7 +131,7 @@ def _record(record_id: int, runs: list[dict]) -> RemoteRecord:
         run_at=dt.datetime.fromisoformat(next_try) if next_try else None,
         not_retried=tags.get(run_tags.NOT_RETRIED),
         output_dir=tags.get(run_tags.OUTPUT_DIR),
-        # failed, and the server's retry sensor is yet to say whether it tries again
+        # failed, and the server's upkeep sensor is yet to say whether it tries again
         retry_pending=status == Status.ERROR.value
         and not terminated
         and run_tags.NOT_RETRIED not in tags,

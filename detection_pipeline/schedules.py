@@ -1,7 +1,7 @@
 """Recurring runs from the settings' `schedules`: detection over a folder, retraining on a
 dataset. Each is off until started in the Dagster UI (or `dagster schedule start`), where it
 can also be tried by hand; its runs go through the queue like any other and get their record
-from the reconciliation sensor while queued."""
+from the upkeep sensor while queued."""
 
 from dagster import DefaultScheduleStatus, ScheduleDefinition
 

@@ -6,6 +6,8 @@ import re
 
 import pytest
 
+from detection_pipeline.sensors.upkeep import UPKEEP_SENSOR
+
 from .conftest import ARTIFACTS, system_tool, wait_until
 
 LOCATION = "detection_pipeline.definitions"
@@ -113,8 +115,7 @@ def test_the_queue_sensors_and_daemon_are_visible(served, page):
     page.keyboard.press("Escape")
 
     page.goto(f"{url}/automation")
-    for sensor in ("reconcile_runs", "retry_failed_runs", "delayed_runs"):
-        page.get_by_text(sensor, exact=True).first.wait_for()
+    page.get_by_text(UPKEEP_SENSOR, exact=True).first.wait_for()
     page.screenshot(path=shots / "automation.png")
     page.goto(f"{url}/deployment/daemons")
     for daemon in ("Scheduler", "Sensors", "Run queue"):

@@ -87,7 +87,7 @@ def test_the_cli_works_through_the_webserver(served, datasets):
     assert started == "processing"
     terminated = _json(cli(*remote, "terminate", str(running["id"]), "--json"))
     assert (terminated["status"], terminated["error"]) == ("error", TERMINATED)
-    # the server's record follows within a tick of its reconciliation sensor
+    # the server's record follows within a tick of its upkeep sensor
     wait_until(lambda: queue.store.get_run(running["id"]).error == TERMINATED, timeout=30)
 
     shown = cli(*remote, "show", str(running["id"]))

@@ -10,7 +10,7 @@ from dagster import RunsFilter
 
 from detection_pipeline.dagster_services import running_daemon
 from detection_pipeline.sensors.inbox import scan_inbox
-from detection_pipeline.sensors.service_sensor import TICK_SECONDS
+from detection_pipeline.sensors.upkeep import TICK_SECONDS
 from detection_pipeline.settings import InboxSettings, QueueSettings, RetryPolicy
 
 from .conftest import cli, daemon_log, wait_until

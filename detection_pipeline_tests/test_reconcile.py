@@ -1,23 +1,26 @@
-"""What the reconciliation and retry sensors decide, tick by tick, without a daemon: Dagster
+"""What the upkeep sensor's reconcile and retry steps decide, tick by tick, without a daemon: Dagster
 runs are failed, cancelled or deleted by hand, and each tick's work is called directly."""
 
 import datetime as dt
 import json
 import os
 import subprocess
+import time
 
 import pytest
 from dagster import DagsterRunStatus, build_sensor_context
 
 from detection_pipeline import run_tags, run_worker
+from detection_pipeline.definitions import build_definitions
 from detection_pipeline.jobs.record_lifecycle import NOT_RETRIED_BAD_INPUT
 from detection_pipeline.records import RecordNotFound
 from detection_pipeline.records.service import (
     NOT_RETRIED_RUN_GONE,
     TERMINATED,
+    RunService,
     _queue_dagster_run,
 )
-from detection_pipeline.sensors.service_sensor import sensor_instance
+from detection_pipeline.sensors.upkeep import UPKEEP_SENSOR, UpkeepFailed, sensor_instance
 from detection_pipeline.settings import QueueSettings, RetryPolicy
 
 from .conftest import detect_config
@@ -26,7 +29,8 @@ from .conftest import detect_config
 @pytest.fixture
 def idle_queue(open_queue):
     """A RunService whose Dagster runs stay queued: no daemon. Detection retries twice after
-    60 s, then 120 s; the `disposable` queue deletes what used up its attempts."""
+    60 s, then 120 s; the `disposable` queue deletes what used up its attempts; the `instant`
+    queue retries once, at once."""
     return open_queue(
         with_daemon=False,
         queues={
@@ -35,6 +39,7 @@ def idle_queue(open_queue):
             "disposable": QueueSettings(
                 retry=RetryPolicy(attempts=1, delay_seconds=60, when_exhausted="delete")
             ),
+            "instant": QueueSettings(retry=RetryPolicy(attempts=2, delay_seconds=0)),
         },
     )
 
@@ -153,6 +158,51 @@ def test_what_a_user_stopped_or_bad_input_failed_is_not_retried(idle_queue, data
     assert idle_queue.decide_retries() == []
     assert idle_queue.store.get_run(bad_input.id).not_retried == NOT_RETRIED_BAD_INPUT
     assert idle_queue.store.get_run(gone.id).status == "error"
+
+
+SHORT_DELAY = dt.timedelta(seconds=0.5)
+
+
+def upkeep_tick(service):
+    sensor = build_definitions(service.settings).resolve_sensor_def(UPKEEP_SENSOR)
+    return sensor(build_sensor_context(instance=service.instance))
+
+
+def test_one_upkeep_tick_reconciles_decides_and_queues_in_that_order(idle_queue, datasets):
+    failed = submit(idle_queue, datasets, queue="instant")
+    fail(idle_queue, failed)
+
+    result = upkeep_tick(idle_queue)
+
+    # Reconciled (error), decided on (a retry at once) and queued, all in one tick.
+    retried = idle_queue.store.get_run(failed.id)
+    assert (retried.status, retried.attempts) == ("waiting", 2)
+    assert idle_queue.instance.get_run_by_id(retried.dagster_run_id).parent_run_id == (
+        failed.dagster_run_id
+    )
+    assert f"run {failed.id} is error" in result.skip_message
+    assert f"queued run {failed.id} as Dagster run {retried.dagster_run_id}" in result.skip_message
+    assert "nothing due" in upkeep_tick(idle_queue).skip_message  # the next tick is idle
+
+
+def test_a_failing_upkeep_step_does_not_hold_up_the_others(idle_queue, datasets, monkeypatch):
+    delayed = submit(idle_queue, datasets, run_at=dt.datetime.now(dt.UTC) + SHORT_DELAY)
+    assert delayed.dagster_run_id is None  # waiting for its time, not in Dagster's queue
+    time.sleep(SHORT_DELAY.total_seconds())
+
+    def broken(service):
+        raise RuntimeError("a record reconciliation cannot read")
+
+    monkeypatch.setattr(RunService, "reconcile_active", broken)
+    with pytest.raises(UpkeepFailed) as failure:
+        upkeep_tick(idle_queue)
+
+    queued = idle_queue.store.get_run(delayed.id)
+    assert queued.dagster_run_id is not None  # the delayed run was queued all the same
+    assert str(failure.value).startswith(
+        "reconcile: RuntimeError: a record reconciliation cannot read "
+        f"(done: queued run {delayed.id} as Dagster run {queued.dagster_run_id})"
+    )
 
 
 def test_the_health_check_fails_a_run_whose_worker_is_gone(idle_queue, datasets):

@@ -12,7 +12,7 @@ from dagster import DagsterRunStatus, RunsFilter
 from detection_pipeline import run_tags, run_worker
 from detection_pipeline.records import RecordNotFound
 from detection_pipeline.records.service import NOT_RETRIED_TERMINATED, TERMINATED
-from detection_pipeline.sensors.service_sensor import TICK_SECONDS
+from detection_pipeline.sensors.upkeep import TICK_SECONDS
 from detection_pipeline.settings import QueueSettings, RetryPolicy
 
 from .conftest import flaky_python, processes_in_group, wait_until
@@ -69,7 +69,7 @@ def test_a_run_that_fails_twice_is_retried_with_backoff_and_succeeds(
     assert third.root_run_id == first.run_id
 
     # Each retry was queued after its delay (4 s, then 12 s) and within a sensor tick of it, or,
-    # for a delay shorter than a tick, within a tick of the retry sensor seeing the failure.
+    # for a delay shorter than a tick, within a tick of the upkeep sensor seeing the failure.
     gaps = []
     for attempt, (failed, retried) in enumerate(itertools.pairwise(runs), start=1):
         failed_at = queue.instance.get_run_stats(failed.dagster_run.run_id).end_time
@@ -116,7 +116,7 @@ def test_a_terminated_run_is_not_retried(open_queue, many_images):
     record = queue.submit("detection", detection(many_images))
     wait_until(lambda: queue.store.get_run(record.id).status == "processing", timeout=120)
     terminated = queue.terminate(record.id)
-    time.sleep(2 * TICK_SECONDS + DAEMON_SLACK_SECONDS)  # the retry sensor has had its chance
+    time.sleep(2 * TICK_SECONDS + DAEMON_SLACK_SECONDS)  # the upkeep sensor has had its chance
     after = queue.store.get_run(record.id)
     assert (after.status, after.error, after.not_retried) == (
         "error",

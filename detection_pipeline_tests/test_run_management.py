@@ -16,7 +16,7 @@ from detection_pipeline.health import health
 from detection_pipeline.records import RecordNotFound
 from detection_pipeline.records.schema import utcnow
 from detection_pipeline.records.service import TERMINATED, RunService
-from detection_pipeline.sensors.service_sensor import TICK_SECONDS
+from detection_pipeline.sensors.upkeep import TICK_SECONDS
 
 from .conftest import CLI, alive, make_home, processes_in_group, register_as, wait_until
 

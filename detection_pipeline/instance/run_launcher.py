@@ -9,7 +9,7 @@ the default way when it cannot.
 The default launcher also cannot tell whether a run worker still lives, so Dagster's run
 monitoring would leave the run of a `kill -9`-ed worker STARTED for ever, holding the one-run
 queue. With this check, run monitoring fails such a run within one poll interval, and the
-reconciliation sensor brings its record along.
+upkeep sensor brings its record along.
 """
 
 import contextlib

@@ -70,7 +70,7 @@ def record_failure(context: HookContext) -> None:
     """A failed op ends the run: its record gets the error, its staged inputs are removed."""
     run = context.instance.get_run_by_id(context.run_id)
     record_id = run.tags.get(run_tags.RECORD_ID) if run else None
-    if record_id is None:  # failed before the record existed; the reconciliation sensor sees it
+    if record_id is None:  # failed before the record existed; the upkeep sensor sees it
         return
     context.resources.folders.remove_staging(int(record_id))
     error = context.op_exception

@@ -1,5 +1,5 @@
 """Records for Dagster runs that were launched without one: from the Dagster UI, GraphQL, a
-schedule or a sensor. Whoever sees such a run first (the reconciliation sensor while it is
+schedule or a sensor. Whoever sees such a run first (the upkeep sensor while it is
 queued, or the run itself when it starts) makes its record; the key makes it one record."""
 
 from dagster import DagsterInstance, DagsterRun

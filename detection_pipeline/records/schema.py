@@ -90,7 +90,7 @@ class RunRecord(Base):
     output_dir: Mapped[str | None] = mapped_column(Text)
     # The last attempt's error; kept while a retry waits, so the user sees what went wrong.
     error: Mapped[str | None] = mapped_column(Text)
-    # Failed, and the retry sensor has yet to decide whether to try again.
+    # Failed, and the upkeep sensor has yet to decide whether to try again.
     retry_pending: Mapped[bool] = mapped_column(
         Boolean, index=True, default=False, server_default=false()
     )

@@ -205,7 +205,7 @@ class RunService:
         run_at: dt.datetime | None = None,
     ) -> RunRecord:
         """Checks the inputs, records the run and queues it; a run_at in the future leaves it
-        waiting for the delayed-run sensor instead. Raises InputError for bad input.
+        waiting for the upkeep sensor instead. Raises InputError for bad input.
 
         With a key, submitting again returns the first run instead of making another.
         """
@@ -466,7 +466,7 @@ class RunService:
         return adopted
 
     def decide_retries(self) -> list[tuple[RunRecord, str]]:
-        """For each failed run the retry sensor has not seen: a retry after its queue's delay,
+        """For each failed run the upkeep sensor has not seen: a retry after its queue's delay,
         or the end (kept as an error, or deleted) when its attempts are used up. Returns each
         record with what was decided."""
         decided = []

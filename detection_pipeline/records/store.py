@@ -113,7 +113,7 @@ class RecordStore:
         return self._update_if(record_id, RunRecord.status.in_(allowed_from), values)
 
     def settle_retry(self, record_id: int, **values) -> RunRecord | None:
-        """Records the retry sensor's decision on a failed record, once; None if it was made."""
+        """Records the upkeep sensor's decision on a failed record, once; None if it was made."""
         pending = sa.and_(RunRecord.retry_pending.is_(True), RunRecord.status == Status.ERROR.value)
         return self._update_if(record_id, pending, {**values, "retry_pending": False})
 
@@ -145,7 +145,7 @@ class RecordStore:
     def mark_failed(
         self, record_id: int, error: str, not_retried: str | None = None
     ) -> RunRecord | None:
-        """Error with its message, left to the retry sensor unless `not_retried` says why no
+        """Error with its message, left to the upkeep sensor unless `not_retried` says why no
         retry can help; a record already final keeps what it has."""
         return self.transition(
             record_id,
@@ -162,7 +162,7 @@ class RecordStore:
         return self._select(RunRecord.status.in_(ACTIVE_STATUSES))
 
     def retry_pending_runs(self) -> list[RunRecord]:
-        """Failed records the retry sensor has not decided on yet."""
+        """Failed records the upkeep sensor has not decided on yet."""
         return self._select(RunRecord.retry_pending.is_(True))
 
     def _select(self, condition) -> list[RunRecord]:

@@ -26,7 +26,7 @@ from ..datasets.validation import IMAGE_SUFFIXES, image_problem
 from ..records.schema import Kind
 from ..records.service import run_config
 from ..settings import InboxSettings
-from .service_sensor import MINIMUM_INTERVAL_SECONDS
+from .upkeep import MINIMUM_INTERVAL_SECONDS
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""What the retry sensor needs: failed runs awaiting its decision, and why one was not retried.
+"""What the upkeep sensor needs: failed runs awaiting its decision, and why one was not retried.
 
 Revision ID: 0003
 Revises: 0002
