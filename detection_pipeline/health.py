@@ -10,6 +10,7 @@ from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 from dagster._core.scheduler.instigation import InstigatorStatus
 
 from . import run_tags
+from .definitions import build_definitions
 from .records.schema import RunRecord, Status, utcnow
 from .records.store import RecordStore
 from .settings import Settings
@@ -94,27 +95,42 @@ def _tick_message(tick) -> str | None:
 
 
 def _instigators(instance: DagsterInstance, settings: Settings) -> list[InstigatorHealth]:
+    """The sensors and schedules this code location declares, each with its state and last
+    tick. Stored states of ones it no longer declares (a sensor an earlier version of the
+    product had) are left out, as the daemon and the UI leave them out."""
+    definitions = build_definitions(settings)
+    declared = [("sensor", sensor) for sensor in definitions.sensors or []] + [
+        ("schedule", schedule) for schedule in definitions.schedules or []
+    ]
+    states = {
+        (state.instigator_type.value.lower(), state.instigator_name): state
+        for state in instance.all_instigator_state()
+    }
     found = []
-    for state in instance.all_instigator_state():
-        ticks = instance.get_ticks(state.instigator_origin_id, state.selector_id, limit=1)
+    for kind, instigator in declared:
+        state = states.get((kind, instigator.name))
+        # No state yet: never ticked nor switched; it runs if it is on by default.
+        running = (
+            state.status != InstigatorStatus.STOPPED
+            if state
+            else instigator.default_status.value == "RUNNING"
+        )
+        ticks = (
+            instance.get_ticks(state.instigator_origin_id, state.selector_id, limit=1)
+            if state
+            else []
+        )
         tick = ticks[0] if ticks else None
         found.append(
             InstigatorHealth(
-                name=state.instigator_name,
-                kind=state.instigator_type.value.lower(),
-                running=state.status != InstigatorStatus.STOPPED,
+                name=instigator.name,
+                kind=kind,
+                running=running,
                 last_tick_at=tick.timestamp if tick else None,
                 last_tick_status=tick.status.value.lower() if tick else None,
                 last_tick_message=_tick_message(tick) if tick else None,
             )
         )
-    known = {instigator.name for instigator in found}
-    # A schedule that was never started has no state in Dagster's storage yet.
-    found += [
-        InstigatorHealth(schedule.name, "schedule", False, None, None, None)
-        for schedule in settings.schedules
-        if schedule.name not in known
-    ]
     return sorted(found, key=lambda instigator: (instigator.kind, instigator.name))
 
 

@@ -9,9 +9,24 @@ import time
 
 import pytest
 from dagster import DagsterRunStatus, build_sensor_context
+from dagster._core.definitions.sensor_definition import SensorType
+from dagster._core.remote_origin import (
+    InProcessCodeLocationOrigin,
+    RemoteInstigatorOrigin,
+    RemoteRepositoryOrigin,
+)
+from dagster._core.scheduler.instigation import (
+    InstigatorState,
+    InstigatorStatus,
+    InstigatorType,
+    SensorInstigatorData,
+)
+from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
 
 from detection_pipeline import run_tags, run_worker
+from detection_pipeline.dagster_services import DEFINITIONS_MODULE
 from detection_pipeline.definitions import build_definitions
+from detection_pipeline.health import health
 from detection_pipeline.jobs.record_lifecycle import NOT_RETRIED_BAD_INPUT
 from detection_pipeline.records import RecordNotFound
 from detection_pipeline.records.service import (
@@ -203,6 +218,29 @@ def test_a_failing_upkeep_step_does_not_hold_up_the_others(idle_queue, datasets,
         "reconcile: RuntimeError: a record reconciliation cannot read "
         f"(done: queued run {delayed.id} as Dagster run {queued.dagster_run_id})"
     )
+
+
+def test_status_shows_the_sensors_the_code_declares_and_not_ones_it_dropped(idle_queue):
+    # A home an earlier version ran keeps the states of sensors it had (reconcile_runs, ...).
+    repository = RemoteRepositoryOrigin(
+        InProcessCodeLocationOrigin(LoadableTargetOrigin(module_name=DEFINITIONS_MODULE)),
+        "__repository__",
+    )
+    idle_queue.instance.add_instigator_state(
+        InstigatorState(
+            RemoteInstigatorOrigin(repository, "reconcile_runs"),
+            InstigatorType.SENSOR,
+            InstigatorStatus.RUNNING,
+            SensorInstigatorData(sensor_type=SensorType.STANDARD),
+        )
+    )
+
+    def sensors():
+        report = health(idle_queue.instance, idle_queue.store, idle_queue.settings)
+        return [(i.kind, i.name, i.running, i.last_tick_status) for i in report.instigators]
+
+    # On before its first tick, as it is on by default.
+    assert sensors() == [("sensor", UPKEEP_SENSOR, True, None)]
 
 
 def test_the_health_check_fails_a_run_whose_worker_is_gone(idle_queue, datasets):
