@@ -14,6 +14,7 @@ import click
 
 from .dagster_services import (
     DEFINITIONS_MODULE,
+    HEARTBEAT_FRESH_SECONDS,
     DaemonDidNotStart,
     daemon_running,
     dagster_command,
@@ -273,6 +274,22 @@ HOST_HELP = (
 )
 
 
+def _refuse_second_daemon() -> None:
+    """Each daemon launches the queue's next run on its own: two on one home would run two at
+    once."""
+    from dagster import DagsterInstance
+
+    home = _settings().home
+    with DagsterInstance.get() as instance:
+        if daemon_running(instance):
+            raise click.ClickException(
+                f"a Dagster daemon already runs for the home {home} (it reported in within the "
+                f"last {HEARTBEAT_FRESH_SECONDS} s), and a second one would start a second run "
+                "at once. Stop it first (if it has just stopped, wait that long); for another UI "
+                "on this home start `detection-pipeline webserver`, which has no daemon."
+            )
+
+
 def _serve(command: list[str], url: str) -> None:
     """Runs a Dagster service in the foreground until it ends or Ctrl-C."""
     home = _settings().home
@@ -293,6 +310,7 @@ def _serve(command: list[str], url: str) -> None:
 def up(port, host):
     """Start the Dagster webserver and daemon for this home; Ctrl-C stops both."""
     _refuse_remote()
+    _refuse_second_daemon()
     command = ["dev", "-m", DEFINITIONS_MODULE, "--host", host, "--port", str(port)]
     _serve(dagster_command("dagster", *command), f"http://{host}:{port}")
 
@@ -324,9 +342,9 @@ def daemon():
     """Start only the Dagster daemon for this home (the queue, sensors and schedules); Ctrl-C
     stops it. `up` starts it with the UI."""
     _refuse_remote()
+    _refuse_second_daemon()
     from dagster import DagsterInstance
 
-    _settings()
     with DagsterInstance.get() as instance:
         code = serve_daemon(instance)
     sys.exit(code)

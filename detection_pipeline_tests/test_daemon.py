@@ -1,5 +1,5 @@
-"""`detection-pipeline daemon`: the daemon keeps one code server while it runs, and stopping
-it stops every process it started."""
+"""`detection-pipeline daemon`: the daemon keeps one code server while it runs, a second one
+for the same home is refused, and stopping it stops every process it started."""
 
 import contextlib
 import os
@@ -26,7 +26,7 @@ def code_servers(pids: set[int]) -> set[int]:
     return found
 
 
-def test_the_daemon_keeps_its_code_server_and_stops_with_everything_it_started(
+def test_the_daemon_keeps_its_code_server_refuses_a_second_and_stops_with_all_it_started(
     tmp_path, monkeypatch
 ):
     """`dagster-daemon run -m MODULE` replaces its code server every minute (a new Python importing
@@ -49,6 +49,18 @@ def test_the_daemon_keeps_its_code_server_and_stops_with_everything_it_started(
             time.sleep(RELOAD_WORKSPACE_INTERVAL + 10)  # past the daemon's workspace refresh
             assert code_servers(descendants(daemon.pid)) == servers, log.read_text()
             assert daemon_running(instance)
+            # A second daemon would launch a second run at once: refused, for `up` too.
+            for command in ("daemon", "up"):
+                second = subprocess.run(
+                    [CLI, command],
+                    env=os.environ,
+                    capture_output=True,
+                    text=True,
+                    timeout=60,
+                    check=False,
+                )
+                assert second.returncode == 1, second.stdout + second.stderr
+                assert "a Dagster daemon already runs for the home" in second.stderr
         started = descendants(daemon.pid)
         daemon.send_signal(signal.SIGINT)  # to it alone: it stops the rest
         assert daemon.wait(timeout=60) == 0
