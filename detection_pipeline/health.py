@@ -10,7 +10,6 @@ from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 from dagster._core.scheduler.instigation import InstigatorStatus
 
 from . import run_tags
-from .definitions import build_definitions
 from .records.schema import RunRecord, Status, utcnow
 from .records.store import RecordStore
 from .settings import Settings
@@ -98,6 +97,9 @@ def _instigators(instance: DagsterInstance, settings: Settings) -> list[Instigat
     """The sensors and schedules this code location declares, each with its state and last
     tick. Stored states of ones it no longer declares (a sensor an earlier version of the
     product had) are left out, as the daemon and the UI leave them out."""
+    # Not at the top: importing the module loads the home's code location (its `defs`).
+    from .definitions import build_definitions
+
     definitions = build_definitions(settings)
     declared = [("sensor", sensor) for sensor in definitions.sensors or []] + [
         ("schedule", schedule) for schedule in definitions.schedules or []
