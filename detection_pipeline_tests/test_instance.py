@@ -1,14 +1,17 @@
 """The deployment's instance config and the embedded default written by `init`."""
 
+import os
 import threading
 import time
 from pathlib import Path
 
+import sqlalchemy as sa
 import yaml
 from dagster import DagsterInstance
 from dagster._core.run_coordinator import QueuedRunCoordinator
 
 from detection_pipeline.instance import DEPLOYMENT_CONFIG, instance_config, write_instance_config
+from detection_pipeline.instance.pooled_postgres import POOL_SIZE, PooledPostgresStorage
 from detection_pipeline.instance.run_coordinator import (
     DEQUEUE_INTERVAL_SECONDS,
     DEQUEUE_THREAD,
@@ -24,7 +27,11 @@ def test_the_top_level_dagster_yaml_is_the_deployment_config():
     assert TOP_LEVEL_CONFIG.resolve() == DEPLOYMENT_CONFIG.resolve()
     config = yaml.safe_load(DEPLOYMENT_CONFIG.read_text())
     assert config["storage"] == {
-        "postgres": {"postgres_url": {"env": "DETECTION_PIPELINE_POSTGRES_URL"}}
+        "custom": {
+            "module": "detection_pipeline.instance.pooled_postgres",
+            "class": "PooledPostgresStorage",
+            "config": {"postgres_url": {"env": "DETECTION_PIPELINE_POSTGRES_URL"}},
+        }
     }
     assert config["run_coordinator"]["class"] == "SequentialRunCoordinator"
     assert config["run_coordinator"]["config"]["max_concurrent_runs"] == 1
@@ -62,6 +69,52 @@ def test_init_with_postgres_keeps_everything_in_that_database(tmp_path, postgres
     assert not (home / "records.db").exists()
     with DagsterInstance.from_config(str(home)) as instance:
         assert type(instance.run_storage).__name__ == "PostgresRunStorage"
+        assert isinstance(instance.get_ref().storage, PooledPostgresStorage)
+
+
+def _sessions(postgres_admin, database: str) -> int:
+    """Connections ever opened to `database`."""
+    with postgres_admin.connect() as connection:
+        query = "SELECT sessions FROM pg_stat_database WHERE datname = :name"
+        return connection.execute(sa.text(query), {"name": database}).scalar_one()
+
+
+def _backend_pid(instance: DagsterInstance) -> int:
+    with instance.run_storage.connect() as connection:
+        return connection.execute(sa.text("SELECT pg_backend_pid()")).scalar_one()
+
+
+def test_postgres_storage_keeps_its_connections_and_a_fork_opens_its_own(
+    tmp_path, postgres_url, postgres_admin
+):
+    """Dagster's own PostgreSQL storage opens a connection (a server process) for every call."""
+    home = tmp_path
+    write_instance_config(home, postgres_url)
+    database = postgres_url.rsplit("/", 1)[1]
+    with DagsterInstance.from_config(str(home)) as instance:
+        parent_backend = _backend_pid(instance)
+        before = _sessions(postgres_admin, database)
+        for _ in range(20):
+            instance.get_runs(limit=1)
+            instance.get_instigator_state("none", "none")
+        time.sleep(1)  # the server counts a session's statistics when it ends, or within a second
+        assert _sessions(postgres_admin, database) - before <= POOL_SIZE
+
+        # A forked process (a run worker) opens connections of its own, and the parent's are
+        # left as they were.
+        read_end, write_end = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            try:
+                os.write(write_end, str(_backend_pid(instance)).encode())
+            finally:
+                os._exit(0)
+        os.close(write_end)
+        with os.fdopen(read_end) as child_said:
+            child_backend = int(child_said.read())
+        os.waitpid(pid, 0)
+        assert child_backend != parent_backend
+        assert _backend_pid(instance) == parent_backend
 
 
 def _look(coordinator, exit_after: float | None = None, thread_name: str = DEQUEUE_THREAD):

@@ -29,11 +29,10 @@ def use_home(home: Path) -> Path:
 def instance_config(home: Path, postgres_url: str | None = None) -> dict:
     """The deployment config with its storage pointed at SQLite in `home` or at `postgres_url`."""
     config = yaml.safe_load(DEPLOYMENT_CONFIG.read_text())
-    config["storage"] = (
-        {"postgres": {"postgres_url": postgres_url}}
-        if postgres_url
-        else {"sqlite": {"base_dir": str(home / "storage")}}
-    )
+    if postgres_url:
+        config["storage"]["custom"]["config"]["postgres_url"] = postgres_url
+    else:
+        config["storage"] = {"sqlite": {"base_dir": str(home / "storage")}}
     return config
 
 
@@ -49,5 +48,5 @@ def write_instance_config(home: Path, postgres_url: str | None = None) -> Path:
 @functools.cache
 def opened_instance(serialized_ref: str) -> DagsterInstance:
     """The instance of a serialized InstanceRef, opened once per process: opening one checks its
-    storage's schema (40-200 ms). Its storages hold no connection between uses (NullPool)."""
+    storage's schema (40-200 ms)."""
     return DagsterInstance.from_ref(deserialize_value(serialized_ref, InstanceRef))

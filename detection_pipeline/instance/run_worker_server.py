@@ -22,8 +22,8 @@ from . import opened_instance
 
 class RunWorkerServer(ForkServer):
     def prepare(self, request: dict) -> None:
-        # Opened once here, every run worker inherits the instance; no connection is shared
-        # across the fork, as its storages hold none between uses.
+        # Opened once here, every run worker inherits the instance; each opens connections of
+        # its own (pooled_postgres.py).
         try:
             opened_instance(request["instance_ref"])
         except Exception as error:  # noqa: BLE001 - the run worker tries again and reports why
