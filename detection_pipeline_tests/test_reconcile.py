@@ -8,7 +8,7 @@ import subprocess
 import time
 
 import pytest
-from dagster import DagsterRunStatus, build_sensor_context
+from dagster import DagsterInstance, DagsterRunStatus, build_sensor_context
 from dagster._core.definitions.sensor_definition import SensorType
 from dagster._core.remote_origin import (
     InProcessCodeLocationOrigin,
@@ -35,7 +35,12 @@ from detection_pipeline.records.service import (
     RunService,
     _queue_dagster_run,
 )
-from detection_pipeline.sensors.upkeep import UPKEEP_SENSOR, UpkeepFailed, sensor_instance
+from detection_pipeline.sensors.upkeep import (
+    IDLE_MESSAGE,
+    UPKEEP_SENSOR,
+    UpkeepFailed,
+    sensor_instance,
+)
 from detection_pipeline.settings import QueueSettings, RetryPolicy
 
 from .conftest import detect_config
@@ -218,6 +223,26 @@ def test_a_failing_upkeep_step_does_not_hold_up_the_others(idle_queue, datasets,
         "reconcile: RuntimeError: a record reconciliation cannot read "
         f"(done: queued run {delayed.id} as Dagster run {queued.dagster_run_id})"
     )
+
+
+def test_an_idle_upkeep_tick_in_the_code_server_opens_no_instance(idle_queue, monkeypatch):
+    """Dagster opens a new instance for a tick's log when the sensor asks for it: a schema check
+    and new connections every 5 s. An idle tick does not ask."""
+    ref = idle_queue.instance.get_ref()
+    sensor = build_definitions(idle_queue.settings).resolve_sensor_def(UPKEEP_SENSOR)
+    sensor(build_sensor_context(instance_ref=ref))  # opens this process's instance, once
+    opened = []
+    from_ref = DagsterInstance.from_ref
+    monkeypatch.setattr(
+        DagsterInstance,
+        "from_ref",
+        staticmethod(lambda *args, **kwargs: opened.append(args) or from_ref(*args, **kwargs)),
+    )
+
+    result = sensor(build_sensor_context(instance_ref=ref))
+
+    assert result.skip_message == IDLE_MESSAGE
+    assert opened == []
 
 
 def test_status_shows_the_sensors_the_code_declares_and_not_ones_it_dropped(idle_queue):

@@ -16,7 +16,6 @@ Dagster's own bookkeeping whatever the sensor does, and on a 2-core box three se
 every 5 s took 8-11 % off a running run's MMDetection work. In this order a run that fails is
 decided on, and a retry due at once is queued, in the same tick."""
 
-import logging
 from collections.abc import Callable
 
 from dagster import (
@@ -78,28 +77,17 @@ UPKEEP_STEPS: dict[str, Callable[[RunService], list[str]]] = {
 }
 
 
-def upkeep(service: RunService, log: logging.Logger) -> list[str]:
+def upkeep(service: RunService) -> tuple[list[str], dict[str, Exception]]:
     """Runs every step, each even when one before it failed (a record that trips reconciliation
-    must not hold up delayed runs); returns one line per thing done, and raises UpkeepFailed
-    naming the steps that failed after all have run."""
-    done, failed = [], []
+    must not hold up delayed runs); returns one line per thing done, and what each step that
+    failed raised."""
+    done, failed = [], {}
     for name, step in UPKEEP_STEPS.items():
         try:
-            lines = step(service)
-        except Exception as error:
-            log.exception("upkeep step %r failed", name)
-            failed.append(f"{name}: {type(error).__name__}: {error}")
-            continue
-        for line in lines:
-            log.info(line)
-        done.extend(lines)
-    if failed:
-        raise UpkeepFailed(
-            "; ".join(failed)
-            + (f" (done: {'; '.join(done)})" if done else "")
-            + " — the next tick tries again; see the daemon's log for the traceback"
-        )
-    return done
+            done += step(service)
+        except Exception as error:  # noqa: BLE001 - reported by the tick, after the other steps
+            failed[name] = error
+    return done, failed
 
 
 def make_upkeep_sensor(settings: Settings):
@@ -114,7 +102,23 @@ def make_upkeep_sensor(settings: Settings):
         "user stopped); queues delayed runs and retries whose time has come.",
     )
     def run_upkeep(context: SensorEvaluationContext) -> SkipReason:
-        done = upkeep(RunService(sensor_instance(context), settings), context.log)
+        done, failed = upkeep(RunService(sensor_instance(context), settings))
+        if done or failed:
+            # Only then: Dagster opens a new instance for the tick's log (its schema checked,
+            # its storages connected) the first time it is asked for it.
+            log = context.log
+            for line in done:
+                log.info(line)
+            for name, error in failed.items():
+                log.error(f"upkeep step {name!r} failed", exc_info=error)
+        if failed:
+            raise UpkeepFailed(
+                "; ".join(
+                    f"{name}: {type(error).__name__}: {error}" for name, error in failed.items()
+                )
+                + (f" (done: {'; '.join(done)})" if done else "")
+                + " — the next tick tries again; the tick's log has the traceback"
+            )
         return SkipReason("; ".join(done) if done else IDLE_MESSAGE)
 
     return run_upkeep
