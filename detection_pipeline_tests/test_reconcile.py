@@ -1,5 +1,5 @@
-"""What the upkeep sensor's reconcile and retry steps decide, tick by tick, without a daemon: Dagster
-runs are failed, cancelled or deleted by hand, and each tick's work is called directly."""
+"""What the upkeep sensor decides, tick by tick, without a daemon: Dagster runs are failed,
+cancelled or deleted by hand, and each step's work, or a whole tick, is called directly."""
 
 import datetime as dt
 import json
