@@ -91,6 +91,14 @@ def test_patches_cover_the_image_and_match_a_whole_read(tmp_path):
     assert np.array_equal(overview.pixels, whole)  # small enough to be its own overview
 
 
+def test_a_gray_image_is_read_as_its_gray_in_all_three_channels(tmp_path):
+    gray = np.random.default_rng(3).integers(0, 255, size=(90, 100), dtype=np.uint8)
+    Image.fromarray(gray).save(tmp_path / "gray.png")
+    with open_raster(tmp_path / "gray.png") as dataset:
+        [patch] = iter_patches(dataset, [(0, 0, 100, 90)], Overview(100, 90))
+    assert np.array_equal(patch.pixels, np.dstack([gray] * 3))
+
+
 def test_geojson_polygons_are_the_boxes_mapped_through_the_transform():
     transform = from_origin(*ORIGIN, PIXEL_METRES, PIXEL_METRES)
     image = {
