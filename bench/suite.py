@@ -4,8 +4,8 @@
 
 Every figure is measured in this one run, on one storage: SQLite (the embedded default) or,
 with a PostgreSQL URL of a user who may create databases, a new database there (dropped after).
-The plain scripts run alone, before the daemon starts and again after it stopped (the mean of
-the two); the product's figures are taken with the daemon running, as it always is.
+The plain scripts run alone (the daemon not started yet, stopped, or frozen for the moment);
+the product's figures are taken with the daemon running, as it always is.
 Prints a table with each figure, its goal and whether it is met; writes
 bench/results/suite_<storage>_<time>.json so two commits can be compared.
 
@@ -17,8 +17,11 @@ bench/results/suite_<storage>_<time>.json so two commits can be compared.
 3. queue ratio on real-size work: 10 runs of 200 images of 512x512 through the queue (first
    submit to last end) / the same detections in one plain script (new Python, DetInferencer,
    model loaded once).
-4. detection throughput: images/s inside a detection run (median of the 10) / DetInferencer
-   straight on the same images and model (same batch size).
+4. detection throughput: images/s inside a detection run / DetInferencer straight on the same
+   images and model (same batch size), in pairs taken one after the other: one queued run of
+   the 200 images, then one pass of a plain script that has its model loaded, with the daemon
+   frozen (SIGSTOP) during the pass (the next pair in the other order); the median of the
+   pairs' ratios. The machine's speed drifts by ±10 % within minutes: pairs ride it out.
 5. training: seconds per epoch of a plain script running the mmengine Runner on the same config
    and data (new Python) / seconds per epoch of the train job (launch to end): its speed. The
    train job runs after the detection runs, as on a daemon that has run before. (The
@@ -39,6 +42,7 @@ import itertools
 import json
 import os
 import re
+import signal
 import statistics
 import subprocess
 import sys
@@ -46,6 +50,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -78,20 +83,20 @@ MEMORY_POLL_SECONDS = 0.1
 MEMORY_RUNS = 2
 CHILD_STARTED = re.compile(r"MMDetection \w+ started.*\(pid (\d+)\)")
 
+# One pass over the images per line it reads; a line of JSON after each.
 PLAIN_DETECTION = """
 import json, resource, sys, time
 from detection_pipeline.mmdet_runner.checkpoints import allow_mmengine_checkpoints
 allow_mmengine_checkpoints()
 from mmdet.apis import DetInferencer
-config, checkpoint, runs, *images = sys.argv[1:]
+config, checkpoint, *images = sys.argv[1:]
 inferencer = DetInferencer(model=config, weights=checkpoint, device="cpu", show_progress=False)
-passes = []
-for _ in range(int(runs)):
+for _ in sys.stdin:
     started = time.perf_counter()
     inferencer(images, batch_size=4, no_save_pred=True, no_save_vis=True)
-    passes.append(time.perf_counter() - started)
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-print(json.dumps({"images_per_s": len(images) / sorted(passes)[len(passes) // 2], "peak_rss": peak}))
+    images_per_s = len(images) / (time.perf_counter() - started)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print(json.dumps({"images_per_s": images_per_s, "peak_rss": peak}), flush=True)
 """
 
 PLAIN_TRAINING = """
@@ -131,10 +136,11 @@ def new_home(postgres_admin: str | None):
         yield Settings.load(home)
 
 
-def timed(command: list[str]) -> tuple[float, str]:
-    """Wall seconds of a command (a new Python, as a user would run it) and its last line."""
+def timed(command: list[str], given: str = "") -> tuple[float, str]:
+    """Wall seconds of a command (a new Python, as a user would run it) given `given` on its
+    input, and its last line."""
     started = time.perf_counter()
-    done = subprocess.run(command, capture_output=True, text=True, check=True)
+    done = subprocess.run(command, input=given, capture_output=True, text=True, check=True)
     return time.perf_counter() - started, done.stdout.strip().splitlines()[-1]
 
 
@@ -274,48 +280,97 @@ def gap_and_overhead(service: RunService, images: Path) -> dict:
     }
 
 
-def plain_detection(model: RegisteredModel, images: Path) -> dict:
-    """The real-size work in one plain script: seconds, images/s (median pass), peak RSS."""
-    seconds, line = timed(
-        [
-            sys.executable,
-            "-c",
-            PLAIN_DETECTION,
-            str(model.config),
-            str(model.checkpoint),
-            str(RUNS),
-            *sorted(str(p) for p in images.iterdir()),
-        ]
-    )
-    return {"seconds": seconds, **json.loads(line)}
-
-
-def real_size_work(service: RunService, images: Path) -> dict:
-    records, queue_seconds = queued_detections(service, images)
-    # Sampling reads /proc ten times a second: on runs of their own, not the timed ones.
-    with MemorySampler(service.instance, os.environ[RUNTIME_DIR_ENV]) as memory:
-        queued_detections(service, images, MEMORY_RUNS)
-    in_run = [
-        len(d["images"]) / d["seconds"]
-        for d in (json.loads((Path(r.output_dir) / DETECTIONS_FILE).read_text()) for r in records)
+def plain_detection_command(model: RegisteredModel, images: Path) -> list[str]:
+    return [
+        sys.executable,
+        "-c",
+        PLAIN_DETECTION,
+        str(model.config),
+        str(model.checkpoint),
+        *sorted(str(p) for p in images.iterdir()),
     ]
+
+
+def plain_detection(model: RegisteredModel, images: Path) -> dict:
+    """The real-size work in one plain script: seconds, peak RSS."""
+    seconds, line = timed(plain_detection_command(model, images), "\n" * RUNS)
+    return {"seconds": seconds, "peak_rss": json.loads(line)["peak_rss"]}
+
+
+@contextlib.contextmanager
+def frozen(service_process: subprocess.Popen) -> Iterator[None]:
+    """The service's whole process group (daemon, code servers, fork servers) stopped, for
+    seconds only: its code servers end themselves after 45 s without a heartbeat."""
+    os.killpg(service_process.pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.killpg(service_process.pid, signal.SIGCONT)
+
+
+def run_images_per_s(record) -> float:
+    detections = json.loads((Path(record.output_dir) / DETECTIONS_FILE).read_text())
+    return len(detections["images"]) / detections["seconds"]
+
+
+def paired_throughput(
+    service: RunService, daemon: subprocess.Popen, model: RegisteredModel, images: Path
+) -> dict:
+    """Figure 4: pairs of one queued run and one plain pass (daemon frozen), in turn first."""
+    plain = subprocess.Popen(
+        plain_detection_command(model, images),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+
+    def plain_pass() -> float:
+        with frozen(daemon):
+            plain.stdin.write("\n")
+            plain.stdin.flush()
+            # MMDetection prints to stdout too, while it loads the model
+            while not (line := plain.stdout.readline()).startswith("{"):
+                if not line:
+                    raise RuntimeError("the plain detection script ended early")
+            return json.loads(line)["images_per_s"]
+
+    def queued_run() -> float:
+        [record], _ = queued_detections(service, images, 1)
+        return run_images_per_s(record)
+
+    try:
+        plain_pass()  # its first pass sets up what the product's warm worker has set up
+        pairs = []
+        for turn in range(RUNS):
+            first, second = (plain_pass, queued_run) if turn % 2 else (queued_run, plain_pass)
+            ran = {function: function() for function in (first, second)}
+            pairs.append((ran[queued_run], ran[plain_pass]))
+    finally:
+        plain.stdin.close()
+        plain.wait()
     return {
-        "queue_s": queue_seconds,
-        "run_images_per_s": statistics.median(in_run),
-        "peak_rss": memory.peak_rss,
-        "peak_pss": memory.peak_pss,
+        "run_images_per_s": round(statistics.median(run for run, _ in pairs), 3),
+        "plain_images_per_s": round(statistics.median(plain for _, plain in pairs), 3),
+        "throughput_ratio": median(run / plain for run, plain in pairs),
+        "throughput_ratio_of_each_pair": [round(run / plain, 3) for run, plain in pairs],
     }
 
 
+def real_size_work(service: RunService, images: Path) -> dict:
+    _, queue_seconds = queued_detections(service, images)
+    # Sampling reads /proc ten times a second: on runs of their own, not the timed ones.
+    with MemorySampler(service.instance, os.environ[RUNTIME_DIR_ENV]) as memory:
+        queued_detections(service, images, MEMORY_RUNS)
+    return {"queue_s": queue_seconds, "peak_rss": memory.peak_rss, "peak_pss": memory.peak_pss}
+
+
 def compared(product: dict, plain: dict) -> dict:
-    """Figures 3, 4, 5 and 7: the product's measurements next to the plain scripts'."""
+    """Figures 3, 5 and 7: the product's measurements next to the plain scripts'."""
     return {
         "queue_s": round(product["queue_s"], 2),
         "plain_script_s": round(plain["seconds"], 2),
         "queue_over_plain": round(product["queue_s"] / plain["seconds"], 3),
-        "run_images_per_s": round(product["run_images_per_s"], 3),
-        "plain_images_per_s": round(plain["images_per_s"], 3),
-        "throughput_ratio": round(product["run_images_per_s"] / plain["images_per_s"], 3),
         "peak_rss_worker_and_child_mib": round(product["peak_rss"] / 2**20),
         "peak_pss_with_fork_servers_mib": round(product["peak_pss"] / 2**20),
         "plain_peak_rss_mib": round(plain["peak_rss"] / 2**20),
@@ -372,10 +427,8 @@ def training(service: RunService, dataset: Path) -> dict:
     return {"train_job_s": run_seconds(service.instance, record)}
 
 
-def plain_work(settings: Settings, instance: DagsterInstance, trained: RunRecord) -> dict:
+def plain_work(settings: Settings, model: RegisteredModel, trained: RunRecord) -> dict:
     """The real-size detections and the training in plain scripts, nothing else running."""
-    # Version 1, the detection runs' model; the train job registers version 2.
-    model = RunService(instance, settings).store.find_model("bench", version=1)
     detections = plain_detection(model, settings.data_dir / "real" / IMAGES_DIR)
     return detections | {"train_seconds": plain_training(trained, settings.data_dir / "train")}
 
@@ -489,18 +542,21 @@ def product_figures(postgres_admin: str | None, real_images: int) -> dict:
         make_dataset(data / "real", images=real_images, size=512, seed=2)
         trained = detection_model(settings, instance, data / "train")
         stop_servers()  # its warm worker: the daemon's first run starts cold
+        service = RunService(instance, settings)
+        # Version 1, the detection runs' model; the train job registers version 2.
+        model = service.store.find_model("bench", version=1)
         # The plain scripts run alone, before the daemon starts and after it stopped: their
         # mean evens out the machine's drift (±10 % within minutes here).
-        plain_runs = [plain_work(settings, instance, trained)]
-        with running_daemon(instance, settings.home / "daemon.log"):
-            service = RunService(instance, settings)
+        plain_runs = [plain_work(settings, model, trained)]
+        with running_daemon(instance, settings.home / "daemon.log") as daemon:
             queue = gap_and_overhead(service, data / "tiny" / IMAGES_DIR)
             product = real_size_work(service, data / "real" / IMAGES_DIR)
+            throughput = paired_throughput(service, daemon, model, data / "real" / IMAGES_DIR)
             product |= training(service, data / "train")
-        plain_runs.append(plain_work(settings, instance, trained))
+        plain_runs.append(plain_work(settings, model, trained))
         plain = {key: statistics.mean(run[key] for run in plain_runs) for key in plain_runs[0]}
         plain["peak_rss"] = max(run["peak_rss"] for run in plain_runs)
-        return queue | compared(product, plain)
+        return queue | compared(product, plain) | throughput
 
 
 def main() -> None:
