@@ -247,8 +247,13 @@ def run_seconds(instance: DagsterInstance, record) -> float:
     return stats.end_time - (stats.launch_time or stats.start_time)
 
 
+def detections_of(record) -> dict:
+    """The run's detections.json."""
+    return json.loads((Path(record.output_dir) / DETECTIONS_FILE).read_text())
+
+
 def work_of(record) -> tuple[float, float]:
-    detections = json.loads((Path(record.output_dir) / DETECTIONS_FILE).read_text())
+    detections = detections_of(record)
     return detections["started_at"], detections["finished_at"]
 
 
@@ -309,7 +314,7 @@ def frozen(service_process: subprocess.Popen) -> Iterator[None]:
 
 
 def run_images_per_s(record) -> float:
-    detections = json.loads((Path(record.output_dir) / DETECTIONS_FILE).read_text())
+    detections = detections_of(record)
     return len(detections["images"]) / detections["seconds"]
 
 
