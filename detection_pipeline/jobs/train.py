@@ -66,14 +66,14 @@ class TrainConfig(Config):
         ge=-1,
         le=4,
         description="Backbone stages not trained: -1 none, 0 the stem, N the stem and stages "
-        "1..N. Empty: what the base config says (1 for the tiny default).",
+        "1..N. Empty: what the base config says (-1 for the tiny default).",
     )
     epochs: int = Field(default=30, ge=1, description="Training epochs.")
     learning_rate: float | None = Field(
         default=None,
         gt=0,
         description="Learning rate of the base config's optimizer. Empty: its own rate "
-        "(AdamW 0.001 for the tiny default).",
+        "(AdamW 0.001 for the tiny default), a tenth of it when fine-tuning.",
     )
     batch_size: int = Field(default=4, ge=1, description="Images per training batch.")
     image_size: int = Field(
@@ -227,8 +227,11 @@ def run_training(
 
 
 def _epochs_table(epochs: list[dict]) -> str:
-    rows = [f"| {e['epoch']} | {e['loss']:.4f} | {e.get(BEST_METRIC, 0.0):.3f} |" for e in epochs]
-    return "\n".join(["| epoch | loss | bbox mAP |", "|---|---|---|", *rows])
+    rows = [
+        f"| {e['epoch']} | {e['loss']:.4f} | {e['lr']:.3g} | {e.get(BEST_METRIC, 0.0):.3f} |"
+        for e in epochs
+    ]
+    return "\n".join(["| epoch | loss | learning rate | bbox mAP |", "|---|---|---|---|", *rows])
 
 
 @op(out=Out(TrainingPlan))

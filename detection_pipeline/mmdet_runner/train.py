@@ -12,7 +12,8 @@ from .specs import BEST_METRIC, CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE, Trai
 
 
 class EpochMetricsHook(Hook):
-    """Collects the mean training loss and the validation metrics of every epoch."""
+    """Collects the mean training loss, the learning rate and the validation metrics of every
+    epoch."""
 
     priority = "LOW"
 
@@ -20,13 +21,16 @@ class EpochMetricsHook(Hook):
         self.report = report
         self.epochs: list[dict] = []
         self._losses: list[float] = []
+        self._rate = 0.0
 
     def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
         self._losses.append(float(outputs["loss"].item()))
+        # read here: the scheduler hook sets the next epoch's rate before after_train_epoch
+        self._rate = runner.optim_wrapper.get_lr()["lr"][0]
 
     def after_train_epoch(self, runner):
         loss = sum(self._losses) / max(len(self._losses), 1)
-        self.epochs.append({"epoch": runner.epoch + 1, "loss": round(loss, 5)})
+        self.epochs.append({"epoch": runner.epoch + 1, "loss": round(loss, 5), "lr": self._rate})
         self._losses = []
 
     def after_val_epoch(self, runner, metrics=None):
