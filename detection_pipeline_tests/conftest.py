@@ -243,14 +243,16 @@ def many_images(datasets) -> Path:
     return datasets / "many" / "images"
 
 
-def wait_until(condition, timeout: float = 60, poll: float = 0.5):
+def wait_until(condition, timeout: float = 60, poll: float = 0.5, state=None):
+    """condition()'s first true value; `state()`, when given, says what was there instead."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = condition()
         if value:
             return value
         time.sleep(poll)
-    raise AssertionError(f"condition not met within {timeout} s")
+    seen = f": {state()}" if state else ""
+    raise AssertionError(f"condition not met within {timeout} s{seen}")
 
 
 def proc_stat(pid: int) -> list[str] | None:

@@ -88,7 +88,14 @@ def test_images_dropped_in_parts_are_each_detected_exactly_once(open_queue, tmp_
             done = all(record.status == "success" for record in records)
             return done and len(detected) >= 20 and (records, detected)
 
-        records, detected = wait_until(all_detected, timeout=300, poll=2)
+        def runs_so_far():  # each record and its Dagster runs, should the wait time out
+            return [
+                (r.id, r.status, len(r.params["images"]), r.attempts, r.error)
+                + tuple(queue.instance.get_run_by_id(i).status.value for i in r.dagster_run_ids)
+                for r in queue.store.list_runs()
+            ]
+
+        records, detected = wait_until(all_detected, timeout=300, poll=2, state=runs_so_far)
         time.sleep(2 * TICK_SECONDS)  # nothing more comes
         status = cli("status")
 
