@@ -376,11 +376,21 @@ def make_dataset_command(out, images, size, seed):
     type=int,
     help="Backbone stages not trained: -1 none, 0 the stem, N stem and stages 1..N.",
 )
+@click.option(
+    "--learning-rate",
+    type=float,
+    help="The base config's optimizer's rate (default: its own; a tenth of it to fine-tune).",
+)
 @with_queue_options
-def train(dataset, name, epochs, base_model, frozen_stages, **submission):
+def train(dataset, name, epochs, base_model, frozen_stages, learning_rate, **submission):
     """Submit a training run to the queue."""
     params = {"dataset": _input_path(dataset), "name": name}
-    optional = {"epochs": epochs, "base_model": base_model, "frozen_stages": frozen_stages}
+    optional = {
+        "epochs": epochs,
+        "base_model": base_model,
+        "frozen_stages": frozen_stages,
+        "learning_rate": learning_rate,
+    }
     params.update({k: v for k, v in optional.items() if v is not None})
     _submit_and_report(Kind.TRAINING.value, params, **submission)
 

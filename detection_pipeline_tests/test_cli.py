@@ -38,4 +38,11 @@ def test_a_delayed_run_can_be_listed_cancelled_and_deleted(
     assert json.loads(cli("runs", "--json").stdout) == []
     missing = cli("show", str(record["id"]))
     assert missing.returncode == 1 and f"no run with id {record['id']}" in missing.stderr
+
+    dataset = str(datasets / "train")
+    tuning = ("train", "--dataset", dataset, "--name", "t", "--base-model", "m", "--delay", "60")
+    submitted = cli(*tuning, "--learning-rate", "0.0005", "--json")
+    record = json.loads(submitted.stdout)
+    assert record["params"]["learning_rate"] == 0.0005 and record["params"]["base_model"] == "m"
+    assert json.loads(cli("cancel", str(record["id"]), "--json").stdout)["status"] == "cancelled"
     assert "model m deleted (1 version)" in cli("delete-model", "m").stdout
