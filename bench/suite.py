@@ -5,7 +5,9 @@
 Every figure is measured in this one run, on one storage: SQLite (the embedded default) or,
 with a PostgreSQL URL of a user who may create databases, a new database there (dropped after).
 The plain scripts run alone (the daemon not started yet, stopped, or frozen for the moment);
-the product's figures are taken with the daemon running, as it always is.
+the product's figures are taken with the daemon running, as it always is. This machine's speed
+drifts by ±10 % within minutes: the plain detection work is measured in passes taken in turn
+with the product's runs, not minutes before or after them.
 Prints a table with each figure, its goal and whether it is met; writes
 bench/results/suite_<storage>_<time>.json so two commits can be compared.
 
@@ -16,12 +18,13 @@ bench/results/suite_<storage>_<time>.json so two commits can be compared.
    includes starting the fork servers, is printed as first_run_overhead_s.
 3. queue ratio on real-size work: 10 runs of 200 images of 512x512 through the queue (first
    submit to last end) / the same detections in one plain script (new Python, DetInferencer,
-   model loaded once).
+   model loaded once, one pass over the images per run). The plain script's time is its
+   start-up and first pass, timed as it starts, plus 9 times its median pass of figure 4,
+   whose pairs are taken half before and half after the queue.
 4. detection throughput: images/s inside a detection run / DetInferencer straight on the same
    images and model (same batch size), in pairs taken one after the other: one queued run of
-   the 200 images, then one pass of a plain script that has its model loaded, with the daemon
-   frozen (SIGSTOP) during the pass (the next pair in the other order); the median of the
-   pairs' ratios. The machine's speed drifts by ±10 % within minutes: pairs ride it out.
+   the 200 images, then one pass of that plain script, with the daemon frozen (SIGSTOP) during
+   the pass (the next pair in the other order); the median of the pairs' ratios.
 5. training: seconds per epoch of a plain script running the mmengine Runner on the same config
    and data (new Python) / seconds per epoch of the train job (launch to end): its speed. The
    train job runs after the detection runs, as on a daemon that has run before. (The
@@ -29,7 +32,7 @@ bench/results/suite_<storage>_<time>.json so two commits can be compared.
 6. sensor cost: a tick of the upkeep sensor (reconcile, retry and queue due runs), with 1k,
    10k and 100k finished records and Dagster runs in the database (median of 10 ticks).
 7. memory: peak RSS of the run worker plus its MMDetection child during two more real-size runs
-   / the plain script's peak RSS. Forked processes share pages, so RSS counts some twice; the
+   / the plain script's peak RSS after all its passes. Forked processes share pages, so RSS counts some twice; the
    proportional set size (PSS) of everything that serves a run (worker, child and the resident
    fork servers they come from) is printed beside it.
 """
@@ -94,9 +97,9 @@ inferencer = DetInferencer(model=config, weights=checkpoint, device="cpu", show_
 for _ in sys.stdin:
     started = time.perf_counter()
     inferencer(images, batch_size=4, no_save_pred=True, no_save_vis=True)
-    images_per_s = len(images) / (time.perf_counter() - started)
+    seconds = time.perf_counter() - started
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    print(json.dumps({"images_per_s": images_per_s, "peak_rss": peak}), flush=True)
+    print(json.dumps({"seconds": seconds, "peak_rss": peak}), flush=True)
 """
 
 PLAIN_TRAINING = """
@@ -136,12 +139,11 @@ def new_home(postgres_admin: str | None):
         yield Settings.load(home)
 
 
-def timed(command: list[str], given: str = "") -> tuple[float, str]:
-    """Wall seconds of a command (a new Python, as a user would run it) given `given` on its
-    input, and its last line."""
+def timed(command: list[str]) -> float:
+    """Wall seconds of a command (a new Python, as a user would run it)."""
     started = time.perf_counter()
-    done = subprocess.run(command, input=given, capture_output=True, text=True, check=True)
-    return time.perf_counter() - started, done.stdout.strip().splitlines()[-1]
+    subprocess.run(command, capture_output=True, check=True)
+    return time.perf_counter() - started
 
 
 def median(values) -> float:
@@ -296,12 +298,6 @@ def plain_detection_command(model: RegisteredModel, images: Path) -> list[str]:
     ]
 
 
-def plain_detection(model: RegisteredModel, images: Path) -> dict:
-    """The real-size work in one plain script: seconds, peak RSS."""
-    seconds, line = timed(plain_detection_command(model, images), "\n" * RUNS)
-    return {"seconds": seconds, "peak_rss": json.loads(line)["peak_rss"]}
-
-
 @contextlib.contextmanager
 def frozen(service_process: subprocess.Popen) -> Iterator[None]:
     """The service's whole process group (daemon, code servers, fork servers) stopped, for
@@ -313,78 +309,89 @@ def frozen(service_process: subprocess.Popen) -> Iterator[None]:
         os.killpg(service_process.pid, signal.SIGCONT)
 
 
-def run_images_per_s(record) -> float:
-    detections = detections_of(record)
-    return len(detections["images"]) / detections["seconds"]
+class PlainDetection:
+    """The plain detection script, running beside the daemon; the daemon is frozen whenever
+    the script works. `start_seconds`: from its start to the end of its first pass."""
+
+    def __init__(self, daemon: subprocess.Popen, model: RegisteredModel, images: Path):
+        self.daemon = daemon
+        with frozen(daemon):
+            started = time.perf_counter()
+            self.process = subprocess.Popen(
+                plain_detection_command(model, images),
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                text=True,
+            )
+            self.last_pass = self._pass()
+            self.start_seconds = time.perf_counter() - started
+
+    def run_pass(self) -> float:
+        """Seconds of one pass over the images."""
+        with frozen(self.daemon):
+            self.last_pass = self._pass()
+        return self.last_pass["seconds"]
+
+    def _pass(self) -> dict:
+        self.process.stdin.write("\n")
+        self.process.stdin.flush()
+        # MMDetection prints to stdout too, while it loads the model
+        while not (line := self.process.stdout.readline()).startswith("{"):
+            if not line:
+                raise RuntimeError("the plain detection script ended early")
+        return json.loads(line)
+
+    def close(self) -> None:
+        self.process.stdin.close()
+        self.process.wait()
 
 
-def paired_throughput(
+def real_size_work(
     service: RunService, daemon: subprocess.Popen, model: RegisteredModel, images: Path
 ) -> dict:
-    """Figure 4: pairs of one queued run and one plain pass (daemon frozen), in turn first."""
-    plain = subprocess.Popen(
-        plain_detection_command(model, images),
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-
-    def plain_pass() -> float:
-        with frozen(daemon):
-            plain.stdin.write("\n")
-            plain.stdin.flush()
-            # MMDetection prints to stdout too, while it loads the model
-            while not (line := plain.stdout.readline()).startswith("{"):
-                if not line:
-                    raise RuntimeError("the plain detection script ended early")
-            return json.loads(line)["images_per_s"]
+    """Figures 3, 4 and 7: pairs of one queued run and one plain pass, in turn first; the queue
+    of runs amid them; then the memory runs."""
+    plain = PlainDetection(daemon, model, images)
 
     def queued_run() -> float:
         [record], _ = queued_detections(service, images, 1)
-        return run_images_per_s(record)
+        return detections_of(record)["seconds"]  # of MMDetection work on the images
 
     try:
-        plain_pass()  # its first pass sets up what the product's warm worker has set up
         pairs = []
         for turn in range(RUNS):
-            first, second = (plain_pass, queued_run) if turn % 2 else (queued_run, plain_pass)
+            if turn == RUNS // 2:
+                _, queue_seconds = queued_detections(service, images)
+            first, second = (
+                (plain.run_pass, queued_run) if turn % 2 else (queued_run, plain.run_pass)
+            )
             ran = {function: function() for function in (first, second)}
-            pairs.append((ran[queued_run], ran[plain_pass]))
+            pairs.append((ran[queued_run], ran[plain.run_pass]))
     finally:
-        plain.stdin.close()
-        plain.wait()
-    return {
-        "run_images_per_s": round(statistics.median(run for run, _ in pairs), 3),
-        "plain_images_per_s": round(statistics.median(plain for _, plain in pairs), 3),
-        "throughput_ratio": median(run / plain for run, plain in pairs),
-        "throughput_ratio_of_each_pair": [round(run / plain, 3) for run, plain in pairs],
-    }
-
-
-def real_size_work(service: RunService, images: Path) -> dict:
-    _, queue_seconds = queued_detections(service, images)
+        plain.close()
+    plain_pass_seconds = statistics.median(seconds for _, seconds in pairs)
     # Sampling reads /proc ten times a second: on runs of their own, not the timed ones.
     with MemorySampler(service.instance, os.environ[RUNTIME_DIR_ENV]) as memory:
         queued_detections(service, images, MEMORY_RUNS)
-    return {"queue_s": queue_seconds, "peak_rss": memory.peak_rss, "peak_pss": memory.peak_pss}
-
-
-def compared(product: dict, plain: dict) -> dict:
-    """Figures 3, 5 and 7: the product's measurements next to the plain scripts'."""
+    plain_script_seconds = plain.start_seconds + (RUNS - 1) * plain_pass_seconds
+    plain_peak_rss = plain.last_pass["peak_rss"]
+    count = len(list(images.iterdir()))
     return {
-        "queue_s": round(product["queue_s"], 2),
-        "plain_script_s": round(plain["seconds"], 2),
-        "queue_over_plain": round(product["queue_s"] / plain["seconds"], 3),
-        "peak_rss_worker_and_child_mib": round(product["peak_rss"] / 2**20),
-        "peak_pss_with_fork_servers_mib": round(product["peak_pss"] / 2**20),
-        "plain_peak_rss_mib": round(plain["peak_rss"] / 2**20),
-        "memory_ratio": round(product["peak_rss"] / plain["peak_rss"], 3),
-        "memory_ratio_pss": round(product["peak_pss"] / plain["peak_rss"], 3),
-        "train_job_s_per_epoch": round(product["train_job_s"] / TRAIN_EPOCHS, 3),
-        "plain_train_s_per_epoch": round(plain["train_seconds"] / TRAIN_EPOCHS, 3),
-        # as a speed: epochs/s of the job / epochs/s of the plain script
-        "training_speed_ratio": round(plain["train_seconds"] / product["train_job_s"], 3),
+        "queue_s": round(queue_seconds, 2),
+        "plain_script_s": round(plain_script_seconds, 2),
+        "plain_start_and_first_pass_s": round(plain.start_seconds, 2),
+        "queue_over_plain": round(queue_seconds / plain_script_seconds, 3),
+        "run_images_per_s": round(count / statistics.median(run for run, _ in pairs), 3),
+        "plain_images_per_s": round(count / plain_pass_seconds, 3),
+        # speeds: a pair's plain seconds / its run's seconds
+        "throughput_ratio": median(plain / run for run, plain in pairs),
+        "throughput_ratio_of_each_pair": [round(plain / run, 3) for run, plain in pairs],
+        "peak_rss_worker_and_child_mib": round(memory.peak_rss / 2**20),
+        "peak_pss_with_fork_servers_mib": round(memory.peak_pss / 2**20),
+        "plain_peak_rss_mib": round(plain_peak_rss / 2**20),
+        "memory_ratio": round(memory.peak_rss / plain_peak_rss, 3),
+        "memory_ratio_pss": round(memory.peak_pss / plain_peak_rss, 3),
     }
 
 
@@ -420,22 +427,23 @@ def plain_training(trained: RunRecord, dataset: Path) -> float:
             train_annotations=str(dataset / ANNOTATIONS_FILE),
             val_annotations=str(dataset / VAL_ANNOTATIONS_FILE),
         )
-        seconds, _ = timed(
-            [sys.executable, "-c", PLAIN_TRAINING, json.dumps(dataclasses.asdict(plain))]
-        )
-    return seconds
+        return timed([sys.executable, "-c", PLAIN_TRAINING, json.dumps(dataclasses.asdict(plain))])
 
 
-def training(service: RunService, dataset: Path) -> dict:
+def train_job_seconds(service: RunService, dataset: Path) -> float:
     record = service.wait(service.submit("training", training_params(dataset)).id)
     assert record.status == "success", record.error
-    return {"train_job_s": run_seconds(service.instance, record)}
+    return run_seconds(service.instance, record)
 
 
-def plain_work(settings: Settings, model: RegisteredModel, trained: RunRecord) -> dict:
-    """The real-size detections and the training in plain scripts, nothing else running."""
-    detections = plain_detection(model, settings.data_dir / "real" / IMAGES_DIR)
-    return detections | {"train_seconds": plain_training(trained, settings.data_dir / "train")}
+def training_figures(job_seconds: float, plain_seconds: float) -> dict:
+    """Figure 5."""
+    return {
+        "train_job_s_per_epoch": round(job_seconds / TRAIN_EPOCHS, 3),
+        "plain_train_s_per_epoch": round(plain_seconds / TRAIN_EPOCHS, 3),
+        # as a speed: epochs/s of the job / epochs/s of the plain script
+        "training_speed_ratio": round(plain_seconds / job_seconds, 3),
+    }
 
 
 def batches(items: list) -> list[list]:
@@ -550,18 +558,16 @@ def product_figures(postgres_admin: str | None, real_images: int) -> dict:
         service = RunService(instance, settings)
         # Version 1, the detection runs' model; the train job registers version 2.
         model = service.store.find_model("bench", version=1)
-        # The plain scripts run alone, before the daemon starts and after it stopped: their
-        # mean evens out the machine's drift (±10 % within minutes here).
-        plain_runs = [plain_work(settings, model, trained)]
+        # The plain training runs alone, before the daemon starts and after it stopped: the
+        # mean of the two evens out the machine's drift.
+        plain_training_seconds = [plain_training(trained, data / "train")]
         with running_daemon(instance, settings.home / "daemon.log") as daemon:
             queue = gap_and_overhead(service, data / "tiny" / IMAGES_DIR)
-            product = real_size_work(service, data / "real" / IMAGES_DIR)
-            throughput = paired_throughput(service, daemon, model, data / "real" / IMAGES_DIR)
-            product |= training(service, data / "train")
-        plain_runs.append(plain_work(settings, model, trained))
-        plain = {key: statistics.mean(run[key] for run in plain_runs) for key in plain_runs[0]}
-        plain["peak_rss"] = max(run["peak_rss"] for run in plain_runs)
-        return queue | compared(product, plain) | throughput
+            real_size = real_size_work(service, daemon, model, data / "real" / IMAGES_DIR)
+            job_seconds = train_job_seconds(service, data / "train")
+        plain_training_seconds.append(plain_training(trained, data / "train"))
+        training = training_figures(job_seconds, statistics.mean(plain_training_seconds))
+        return queue | real_size | training
 
 
 def main() -> None:
