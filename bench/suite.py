@@ -32,9 +32,9 @@ bench/results/suite_<storage>_<time>.json so two commits can be compared.
 6. sensor cost: a tick of the upkeep sensor (reconcile, retry and queue due runs), with 1k,
    10k and 100k finished records and Dagster runs in the database (median of 10 ticks).
 7. memory: peak RSS of the run worker plus its MMDetection child during two more real-size runs
-   / the plain script's peak RSS after all its passes. Forked processes share pages, so RSS counts some twice; the
-   proportional set size (PSS) of everything that serves a run (worker, child and the resident
-   fork servers they come from) is printed beside it.
+   / the plain script's peak RSS after all its passes. Forked processes share pages, so RSS
+   counts some twice; the proportional set size (PSS) of everything that serves a run (worker,
+   child and the resident fork servers they come from) is printed beside it.
 """
 
 import argparse
@@ -353,6 +353,7 @@ def real_size_work(
     """Figures 3, 4 and 7: pairs of one queued run and one plain pass, in turn first; the queue
     of runs amid them; then the memory runs."""
     plain = PlainDetection(daemon, model, images)
+    plain_pass = plain.run_pass  # one object: it keys the pairs' results below
 
     def queued_run() -> float:
         [record], _ = queued_detections(service, images, 1)
@@ -363,11 +364,9 @@ def real_size_work(
         for turn in range(RUNS):
             if turn == RUNS // 2:
                 _, queue_seconds = queued_detections(service, images)
-            first, second = (
-                (plain.run_pass, queued_run) if turn % 2 else (queued_run, plain.run_pass)
-            )
+            first, second = (plain_pass, queued_run) if turn % 2 else (queued_run, plain_pass)
             ran = {function: function() for function in (first, second)}
-            pairs.append((ran[queued_run], ran[plain.run_pass]))
+            pairs.append((ran[queued_run], ran[plain_pass]))
     finally:
         plain.close()
     plain_pass_seconds = statistics.median(seconds for _, seconds in pairs)
