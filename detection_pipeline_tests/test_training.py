@@ -135,12 +135,17 @@ def test_a_trained_model_shows_in_the_catalog_and_its_run_shows_its_curve(traine
         event = instance.get_latest_materialization_event(model_asset_key("shown"))
         metadata = event.asset_materialization.metadata
         assert metadata["model"].value == "shown:1" and metadata["version"].value == 1
-        curve = next(
-            e.step_output_data.metadata["training curve"].value
+        collected = next(
+            e.step_output_data.metadata
             for e in result.all_events
             if e.step_key == "collect_outputs" and e.is_successful_output
         )
+        curve = collected["training curve"].value
         assert curve.startswith("![training curve](data:image/png;base64,iVBORw0KGgo")
+        # each epoch's row: its number, loss, learning rate (from scratch: the tiny's 0.001)
+        epochs = collected["epochs"].value.splitlines()
+        assert epochs[0] == "| epoch | loss | learning rate | bbox mAP |"
+        assert [row.split(" | ")[2] for row in epochs[2:]] == ["0.001"] * EPOCHS
 
         RunService(instance, settings).delete_model("shown")
         assert instance.get_latest_materialization_event(model_asset_key("shown")) is None
