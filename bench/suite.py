@@ -20,7 +20,9 @@ bench/results/suite_<storage>_<time>.json so two commits can be compared.
    submit to last end) / the same detections in one plain script (new Python, DetInferencer,
    model loaded once, one pass over the images per run). The plain script's time is its
    start-up and first pass, timed as it starts, plus 9 times its median pass of figure 4,
-   whose pairs are taken half before and half after the queue.
+   whose pairs are taken half before and half after the queue. Its parts are printed too: the
+   seconds until the first run's work started, the sum of the 9 gaps, and the runs' work ÷ the
+   median plain pass (the first run's apart: the other 9 are submitted while it works).
 4. detection throughput: images/s inside a detection run / DetInferencer straight on the same
    images and model (same batch size), in pairs taken one after the other: one queued run of
    the 200 images, then one pass of that plain script, with the daemon frozen (SIGSTOP) during
@@ -271,10 +273,14 @@ def queued_detections(service: RunService, images: Path, runs: int = RUNS) -> tu
     return records, max(work_of(r)[1] for r in records) - started
 
 
+def gaps_between(work: list[tuple[float, float]]) -> list[float]:
+    """Seconds from the end of each run's MMDetection work to the start of the next run's."""
+    return [start - end for (_, end), (start, _) in itertools.pairwise(sorted(work))]
+
+
 def gap_and_overhead(service: RunService, images: Path) -> dict:
     records, _ = queued_detections(service, images)
-    work = sorted(work_of(r) for r in records)
-    gaps = [start - end for (_, end), (start, _) in itertools.pairwise(work)]
+    gaps = gaps_between([work_of(r) for r in records])
     overheads = [
         run_seconds(service.instance, r) - (end - start)
         for r, (start, end) in zip(records, map(work_of, records))
@@ -347,6 +353,21 @@ class PlainDetection:
         self.process.wait()
 
 
+def queue_parts(records: list, queue_seconds: float, plain_pass_seconds: float) -> dict:
+    """Where figure 3's time went: until the first run's work started, the gaps between runs,
+    and the runs' work next to the plain passes (the first run's apart: the other runs are
+    still being submitted while it works)."""
+    work = sorted(map(work_of, records))
+    seconds = [end - start for start, end in work]
+    submitted = work[-1][1] - queue_seconds
+    return {
+        "queue_first_start_s": round(work[0][0] - submitted, 2),
+        "queue_gaps_s": round(sum(gaps_between(work)), 2),
+        "queue_first_run_over_plain_pass": round(seconds[0] / plain_pass_seconds, 3),
+        "queue_later_runs_over_plain_pass": median(s / plain_pass_seconds for s in seconds[1:]),
+    }
+
+
 def real_size_work(
     service: RunService, daemon: subprocess.Popen, model: RegisteredModel, images: Path
 ) -> dict:
@@ -363,7 +384,7 @@ def real_size_work(
         pairs = []
         for turn in range(RUNS):
             if turn == RUNS // 2:
-                _, queue_seconds = queued_detections(service, images)
+                queue_records, queue_seconds = queued_detections(service, images)
             first, second = (plain_pass, queued_run) if turn % 2 else (queued_run, plain_pass)
             ran = {function: function() for function in (first, second)}
             pairs.append((ran[queued_run], ran[plain_pass]))
@@ -381,6 +402,7 @@ def real_size_work(
         "plain_script_s": round(plain_script_seconds, 2),
         "plain_start_and_first_pass_s": round(plain.start_seconds, 2),
         "queue_over_plain": round(queue_seconds / plain_script_seconds, 3),
+        **queue_parts(queue_records, queue_seconds, plain_pass_seconds),
         "run_images_per_s": round(count / statistics.median(run for run, _ in pairs), 3),
         "plain_images_per_s": round(count / plain_pass_seconds, 3),
         # speeds: a pair's plain seconds / its run's seconds
