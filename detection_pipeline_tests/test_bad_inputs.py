@@ -7,6 +7,8 @@ import shutil
 import time
 from pathlib import Path
 
+import cv2
+import numpy as np
 import pytest
 from dagster import instance_for_test
 
@@ -289,3 +291,16 @@ def test_images_unchanged_since_a_check_are_not_read_again(tmp_path):
     os.chmod(broken, 0o644)
     with pytest.raises(InputError, match="not readable images: broken.png"):
         find_images([str(tmp_path)], roots, checked_at)
+
+
+def test_a_png_cut_short_is_refused_whatever_its_size(tmp_path):
+    """A PNG must end in its end chunk: checked without reading it through, so also for images
+    larger than any whole-file check could afford (Pillow's verify stopped at 89 M pixels)."""
+    huge = tmp_path / "huge.png"
+    assert cv2.imwrite(str(huge), np.zeros((10_000, 10_000), np.uint8))  # 100 M pixels
+    complete = huge.read_bytes()
+    (tmp_path / "padded.png").write_bytes(complete + b"\0" * 16)  # a writer's trailing bytes
+    assert find_images([str(tmp_path)], (tmp_path,)) == [huge, tmp_path / "padded.png"]
+    huge.write_bytes(complete[: len(complete) // 2])  # an interrupted copy
+    with pytest.raises(InputError, match=r"not readable images: huge.png \(cut short"):
+        find_images([str(tmp_path)], (tmp_path,))
