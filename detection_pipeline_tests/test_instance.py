@@ -7,11 +7,13 @@ from pathlib import Path
 
 import sqlalchemy as sa
 import yaml
-from dagster import DagsterInstance
+from dagster import DagsterInstance, DagsterRun
+from dagster._core.utils import make_new_run_id
 from dagster._core.run_coordinator import QueuedRunCoordinator
 
 from detection_pipeline.instance import DEPLOYMENT_CONFIG, instance_config, write_instance_config
 from detection_pipeline.instance.pooled_postgres import POOL_SIZE, PooledPostgresStorage
+from detection_pipeline.instance.pooled_sqlite import PooledSqliteStorage
 from detection_pipeline.instance.run_coordinator import (
     DEQUEUE_INTERVAL_SECONDS,
     DEQUEUE_THREAD,
@@ -45,11 +47,12 @@ def test_init_writes_an_embedded_home_with_the_same_queue(tmp_path, monkeypatch)
     assert result.returncode == 0, result.stderr
     written = yaml.safe_load((home / "dagster.yaml").read_text())
     deployment = yaml.safe_load(DEPLOYMENT_CONFIG.read_text())
-    assert written["storage"] == {"sqlite": {"base_dir": str(home / "storage")}}
+    assert written["storage"]["custom"]["config"] == {"base_dir": str(home / "storage")}
     assert {k: v for k, v in written.items() if k != "storage"} == {
         k: v for k, v in deployment.items() if k != "storage"
     }
     with DagsterInstance.from_config(str(home)) as instance:
+        assert isinstance(instance.get_ref().storage, PooledSqliteStorage)
         assert isinstance(instance.run_coordinator, QueuedRunCoordinator)
         assert instance.run_coordinator.get_run_queue_config().max_concurrent_runs == 1
         assert instance.run_coordinator.dequeue_interval_seconds == 0.5
@@ -115,6 +118,46 @@ def test_postgres_storage_keeps_its_connections_and_a_fork_opens_its_own(
         os.waitpid(pid, 0)
         assert child_backend != parent_backend
         assert _backend_pid(instance) == parent_backend
+
+
+def test_sqlite_storage_keeps_its_connections_and_a_fork_opens_its_own(tmp_path):
+    """Dagster's own SQLite storage opens a new connection for every call."""
+    write_instance_config(tmp_path)
+    opened = []  # the processes that opened a connection, one entry each
+
+    def count(_dbapi_connection, _record) -> None:
+        opened.append(os.getpid())
+
+    sa.event.listen(sa.pool.Pool, "connect", count)
+    try:
+        with DagsterInstance.from_config(str(tmp_path)) as instance:
+            run = instance.add_run(DagsterRun(job_name="job", run_id=make_new_run_id()))
+            instance.report_engine_event("the run's events database is made", run)
+            opened.clear()
+            for _ in range(20):
+                instance.get_runs(limit=1)
+                instance.report_engine_event("an event", run)
+                instance.get_instigator_state("none", "none")
+            assert opened == []
+
+            # A forked process (a run worker) writes through connections of its own, and the
+            # parent's are left as they were.
+            pid = os.fork()
+            if pid == 0:
+                code = 1
+                try:
+                    instance.report_engine_event("from the child", run)
+                    instance.add_run_tags(run.run_id, {"written by": "child"})
+                    code = 0 if opened.count(os.getpid()) == 2 else 3  # run and events databases
+                finally:
+                    os._exit(code)
+            assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
+            assert instance.get_run_by_id(run.run_id).tags["written by"] == "child"
+            messages = [event.message for event in instance.all_logs(run.run_id)]
+            assert messages[-1] == "from the child"
+            assert opened == []
+    finally:
+        sa.event.remove(sa.pool.Pool, "connect", count)
 
 
 def _look(coordinator, exit_after: float | None = None, thread_name: str = DEQUEUE_THREAD):

@@ -32,7 +32,13 @@ def instance_config(home: Path, postgres_url: str | None = None) -> dict:
     if postgres_url:
         config["storage"]["custom"]["config"]["postgres_url"] = postgres_url
     else:
-        config["storage"] = {"sqlite": {"base_dir": str(home / "storage")}}
+        config["storage"] = {
+            "custom": {
+                "module": "detection_pipeline.instance.pooled_sqlite",
+                "class": "PooledSqliteStorage",
+                "config": {"base_dir": str(home / "storage")},
+            }
+        }
     return config
 
 

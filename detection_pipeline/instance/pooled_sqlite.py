@@ -1,0 +1,114 @@
+"""Dagster's SQLite storage (the embedded default), keeping its connections between uses.
+
+Dagster's SQLite storages make a new engine for every call (NullPool): a new connection to the
+file, and every statement compiled anew, as SQLAlchemy caches compiled statements per engine.
+Measured here: storing an event 3.3 ms that way, 0.9 ms with the engine kept; reading a run
+3.7 ms, 0.6 ms. A detection run stores about 45 events, and the queue's daemon, the run worker
+and the webserver read runs many times a second while it works. These storages keep an engine,
+and a few connections, per database file and process instead. Transactions stay as Dagster's:
+one per call, so an idle pooled connection holds no snapshot and no lock.
+
+SQLite forbids taking a connection across fork, even to close it, and run workers are forked
+from a process that has the instance open (run_worker_server.py): a forked process sets aside
+the engines it inherited, unused and unclosed, and opens its own.
+"""
+
+import collections
+import contextlib
+import os
+import threading
+from collections.abc import Iterator
+
+import sqlalchemy as sa
+from dagster._core.storage.event_log.sqlite.sqlite_event_log import SqliteEventLogStorage
+from dagster._core.storage.runs.sqlite.sqlite_run_storage import SqliteRunStorage
+from dagster._core.storage.schedules.sqlite.sqlite_schedule_storage import SqliteScheduleStorage
+from dagster._core.storage.sqlite import SQLITE_BUSY_TIMEOUT_SECONDS
+from dagster._core.storage.sqlite_storage import (
+    DagsterSqliteStorage,
+    SqliteStorageConfig,
+    _event_logs_directory,
+    _runs_directory,
+    _schedule_directory,
+)
+from dagster._serdes import ConfigurableClassData
+
+# Per database file. A run's own event database is one file: the daemon and the webserver
+# touch many in turn, so the least recently used engines are closed beyond this many.
+MAX_ENGINES = 16
+POOL_SIZE = 2
+MAX_OVERFLOW = 10
+
+_engines: collections.OrderedDict[str, sa.Engine] = collections.OrderedDict()
+_engines_lock = threading.Lock()
+_inherited: list[sa.Engine] = []  # never used or closed in this process (module docstring)
+
+
+def _set_aside_inherited_engines() -> None:
+    global _engines_lock
+    _inherited.extend(_engines.values())
+    _engines.clear()
+    _engines_lock = threading.Lock()  # another thread of the parent may have held it
+
+
+os.register_at_fork(after_in_child=_set_aside_inherited_engines)
+
+
+def pooled_engine(url: str) -> sa.Engine:
+    """This process's engine for the SQLite database at `url`."""
+    with _engines_lock:
+        engine = _engines.get(url)
+        if engine is None:
+            engine = _engines[url] = sa.create_engine(
+                url,
+                pool_size=POOL_SIZE,
+                max_overflow=MAX_OVERFLOW,
+                connect_args={"timeout": SQLITE_BUSY_TIMEOUT_SECONDS},
+            )
+            if len(_engines) > MAX_ENGINES:
+                _engines.popitem(last=False)[1].dispose()  # one in use closes when let go
+        _engines.move_to_end(url)
+        return engine
+
+
+class PooledSqliteRunStorage(SqliteRunStorage):
+    def connect(self) -> contextlib.AbstractContextManager[sa.Connection]:
+        return pooled_engine(self._conn_string).begin()  # one transaction, as Dagster's
+
+
+class PooledSqliteScheduleStorage(SqliteScheduleStorage):
+    def connect(self) -> contextlib.AbstractContextManager[sa.Connection]:
+        return pooled_engine(self._conn_string).begin()  # one transaction, as Dagster's
+
+
+class PooledSqliteEventLogStorage(SqliteEventLogStorage):
+    @contextlib.contextmanager
+    def _connect(self, shard: str) -> Iterator[sa.Connection]:
+        with self._db_lock:  # as Dagster's: its watcher threads share the storage
+            engine = pooled_engine(self.conn_string_for_shard(shard))
+            if shard not in self._initialized_dbs:
+                self._initdb(engine)  # a run's database is made on its first event
+                self._initialized_dbs.add(shard)
+            with engine.begin() as connection:
+                yield connection
+
+
+class PooledSqliteStorage(DagsterSqliteStorage):
+    """`storage: sqlite:`, as `dagster.yaml`'s `storage: custom:`, with pooled connections."""
+
+    def __init__(self, base_dir: str, inst_data: ConfigurableClassData | None = None):
+        # Dagster's __init__ builds its own storages, each checking its schema: not called.
+        self.base_dir = base_dir
+        self._run_storage = PooledSqliteRunStorage.from_local(_runs_directory(base_dir))
+        self._event_log_storage = PooledSqliteEventLogStorage(_event_logs_directory(base_dir))
+        self._schedule_storage = PooledSqliteScheduleStorage.from_local(
+            _schedule_directory(base_dir)
+        )
+        self._inst_data = inst_data
+        super(DagsterSqliteStorage, self).__init__()
+
+    @classmethod
+    def from_config_value(
+        cls, inst_data: ConfigurableClassData | None, config_value: SqliteStorageConfig
+    ) -> "PooledSqliteStorage":
+        return cls.from_local(inst_data=inst_data, **config_value)
