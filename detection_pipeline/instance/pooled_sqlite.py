@@ -18,9 +18,14 @@ import contextlib
 import os
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import sqlalchemy as sa
-from dagster._core.storage.event_log.sqlite.sqlite_event_log import SqliteEventLogStorage
+from alembic.runtime.migration import MigrationContext
+from dagster._core.storage.event_log.sqlite.sqlite_event_log import (
+    INDEX_SHARD_NAME,
+    SqliteEventLogStorage,
+)
 from dagster._core.storage.runs.sqlite.sqlite_run_storage import SqliteRunStorage
 from dagster._core.storage.schedules.sqlite.sqlite_schedule_storage import SqliteScheduleStorage
 from dagster._core.storage.sqlite import SQLITE_BUSY_TIMEOUT_SECONDS
@@ -32,6 +37,7 @@ from dagster._core.storage.sqlite_storage import (
     _schedule_directory,
 )
 from dagster._serdes import ConfigurableClassData
+from dagster.version import __version__ as DAGSTER_VERSION
 
 # Per database file. A run's own event database is one file: the daemon and the webserver
 # touch many in turn, so the least recently used engines are closed beyond this many.
@@ -82,15 +88,58 @@ class PooledSqliteScheduleStorage(SqliteScheduleStorage):
 
 
 class PooledSqliteEventLogStorage(SqliteEventLogStorage):
+    """A run's events are a database of their own, made on its first event (when the run is
+    submitted): Dagster creates its tables, a statement and a sync each, and stamps alembic's
+    revision, loading alembic's revision scripts twice (60 ms). Every other process that opens
+    the database loads them again to check the revision (25 ms: the daemon and the run worker,
+    between two runs). Here a new run's database is a copy of an empty one made once per Dagster
+    version, and one that has a revision is taken as made, as Dagster's check would."""
+
     @contextlib.contextmanager
     def _connect(self, shard: str) -> Iterator[sa.Connection]:
         with self._db_lock:  # as Dagster's: its watcher threads share the storage
             engine = pooled_engine(self.conn_string_for_shard(shard))
             if shard not in self._initialized_dbs:
-                self._initdb(engine)  # a run's database is made on its first event
+                self._make(shard, engine)
                 self._initialized_dbs.add(shard)
             with engine.begin() as connection:
                 yield connection
+
+    def _make(self, shard: str, engine: sa.Engine) -> None:
+        path = Path(self.path_for_shard(shard))
+        if shard != INDEX_SHARD_NAME and not path.exists():
+            _copy_synced(self._empty_run_database(), path)
+        with engine.connect() as connection:
+            if MigrationContext.configure(connection).get_current_revision():
+                return
+        self._initdb(engine)
+
+    def _empty_run_database(self) -> Path:
+        # Not named *.db: Dagster takes every *.db file here for a run's.
+        empty = Path(self._base_dir) / f"empty-run-{DAGSTER_VERSION}.sqlite"
+        if not empty.exists():
+            made = empty.with_name(f"{empty.name}.{os.getpid()}")
+            engine = sa.create_engine(f"sqlite:///{made}", poolclass=sa.pool.NullPool)
+            self._initdb(engine)
+            engine.dispose()  # the last connection's close moves its write-ahead log in
+            os.replace(made, empty)
+        return empty
+
+
+def _copy_synced(source: Path, target: Path) -> None:
+    """Copies `source` to `target` unless `target` exists, as one step: another process making
+    the same run's database at once keeps its own."""
+    copy = target.with_name(f"{target.name}.{os.getpid()}")
+    with copy.open("wb") as out:
+        out.write(source.read_bytes())
+        out.flush()
+        os.fsync(out.fileno())  # before any event is committed to it
+    try:
+        os.link(copy, target)
+    except FileExistsError:
+        pass
+    finally:
+        copy.unlink()
 
 
 class PooledSqliteStorage(DagsterSqliteStorage):
