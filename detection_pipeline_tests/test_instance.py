@@ -22,6 +22,7 @@ from detection_pipeline.instance.run_coordinator import (
     DEQUEUE_THREAD,
     FULL_QUEUE_LOOK_SECONDS,
 )
+from detection_pipeline.records import record_store
 
 from .conftest import cli
 
@@ -124,23 +125,28 @@ def test_postgres_storage_keeps_its_connections_and_a_fork_opens_its_own(
 
 
 def test_sqlite_storage_keeps_its_connections_and_a_fork_opens_its_own(tmp_path):
-    """Dagster's own SQLite storage opens a new connection for every call."""
+    """Dagster's own SQLite storage opens a new connection for every call. The records share
+    the way forks go (a run worker is forked from a process that has read them)."""
     write_instance_config(tmp_path)
-    opened = []  # the processes that opened a connection, one entry each
+    opened = []  # (process, database file) of every connection opened
 
-    def count(_dbapi_connection, _record) -> None:
-        opened.append(os.getpid())
+    def count(dbapi_connection, _record) -> None:
+        [(_, _, database)] = dbapi_connection.execute("PRAGMA database_list").fetchall()
+        opened.append((os.getpid(), Path(database).name))
 
     sa.event.listen(sa.pool.Pool, "connect", count)
     try:
         with DagsterInstance.from_config(str(tmp_path)) as instance:
             run = instance.add_run(DagsterRun(job_name="job", run_id=make_new_run_id()))
             instance.report_engine_event("the run's events database is made", run)
+            store = record_store(instance)
+            record, _ = store.create_run("detection", "detection", 0, {})
             opened.clear()
             for _ in range(20):
                 instance.get_runs(limit=1)
                 instance.report_engine_event("an event", run)
                 instance.get_instigator_state("none", "none")
+                store.get_run(record.id)
             assert opened == []
 
             # A forked process (a run worker) writes through connections of its own, and the
@@ -151,13 +157,18 @@ def test_sqlite_storage_keeps_its_connections_and_a_fork_opens_its_own(tmp_path)
                 try:
                     instance.report_engine_event("from the child", run)
                     instance.add_run_tags(run.run_id, {"written by": "child"})
-                    code = 0 if opened.count(os.getpid()) == 2 else 3  # run and events databases
+                    store.update(record.id, error="written by the child")
+                    mine = sorted(
+                        database for process, database in opened if process == os.getpid()
+                    )
+                    code = 0 if mine == sorted(["runs.db", f"{run.run_id}.db", "records.db"]) else 3
                 finally:
                     os._exit(code)
             assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
             assert instance.get_run_by_id(run.run_id).tags["written by"] == "child"
             messages = [event.message for event in instance.all_logs(run.run_id)]
             assert messages[-1] == "from the child"
+            assert store.get_run(record.id).error == "written by the child"
             assert opened == []
     finally:
         sa.event.remove(sa.pool.Pool, "connect", count)

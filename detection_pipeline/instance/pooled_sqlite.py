@@ -8,9 +8,8 @@ and the webserver read runs many times a second while it works. These storages k
 and a few connections, per database file and process instead. Transactions stay as Dagster's:
 one per call, so an idle pooled connection holds no snapshot and no lock.
 
-SQLite forbids taking a connection across fork, even to close it, and run workers are forked
-from a process that has the instance open (run_worker_server.py): a forked process sets aside
-the engines it inherited, unused and unclosed, and opens its own.
+Run workers forked from a process that has the instance open go on with its engines, through
+connections of their own (forked_engines.py).
 """
 
 import collections
@@ -39,6 +38,8 @@ from dagster._core.storage.sqlite_storage import (
 from dagster._serdes import ConfigurableClassData
 from dagster.version import __version__ as DAGSTER_VERSION
 
+from ..forked_engines import renewed_in_forks
+
 # Per database file. A run's own event database is one file: the daemon and the webserver
 # touch many in turn, so the least recently used engines are closed beyond this many.
 MAX_ENGINES = 16
@@ -47,17 +48,6 @@ MAX_OVERFLOW = 10
 
 _engines: collections.OrderedDict[str, sa.Engine] = collections.OrderedDict()
 _engines_lock = threading.Lock()
-_inherited: list[sa.Engine] = []  # never used or closed in this process (module docstring)
-
-
-def _set_aside_inherited_engines() -> None:
-    global _engines_lock
-    _inherited.extend(_engines.values())
-    _engines.clear()
-    _engines_lock = threading.Lock()  # another thread of the parent may have held it
-
-
-os.register_at_fork(after_in_child=_set_aside_inherited_engines)
 
 
 def pooled_engine(url: str) -> sa.Engine:
@@ -65,11 +55,13 @@ def pooled_engine(url: str) -> sa.Engine:
     with _engines_lock:
         engine = _engines.get(url)
         if engine is None:
-            engine = _engines[url] = sa.create_engine(
-                url,
-                pool_size=POOL_SIZE,
-                max_overflow=MAX_OVERFLOW,
-                connect_args={"timeout": SQLITE_BUSY_TIMEOUT_SECONDS},
+            engine = _engines[url] = renewed_in_forks(
+                sa.create_engine(
+                    url,
+                    pool_size=POOL_SIZE,
+                    max_overflow=MAX_OVERFLOW,
+                    connect_args={"timeout": SQLITE_BUSY_TIMEOUT_SECONDS},
+                )
             )
             if len(_engines) > MAX_ENGINES:
                 _engines.popitem(last=False)[1].dispose()  # one in use closes when let go

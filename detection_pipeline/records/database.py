@@ -12,6 +12,8 @@ from alembic import command
 from alembic.config import Config
 from dagster import DagsterInstance
 
+from ..forked_engines import renewed_in_forks
+
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 SQLITE_FILE = "records.db"
 
@@ -41,7 +43,7 @@ def engine_for(url: str) -> sa.Engine:
 @functools.cache
 def _migrated_engine(url: str) -> sa.Engine:
     if url.startswith("sqlite"):
-        engine = sa.create_engine(url, connect_args={"timeout": 30})
+        engine = renewed_in_forks(sa.create_engine(url, connect_args={"timeout": 30}))
         sa.event.listen(engine, "connect", _enable_sqlite_wal)
     else:
         engine = sa.create_engine(url, pool_pre_ping=True)
