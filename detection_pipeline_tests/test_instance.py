@@ -2,6 +2,7 @@
 
 import os
 import sqlite3
+import sys
 import threading
 import time
 from pathlib import Path
@@ -15,6 +16,7 @@ from dagster._core.storage.event_log.sqlite.sqlite_event_log import SqliteEventL
 from dagster._core.utils import make_new_run_id
 
 from detection_pipeline.instance import DEPLOYMENT_CONFIG, instance_config, write_instance_config
+from detection_pipeline.instance.compute_logs import FileComputeLogManager
 from detection_pipeline.instance.pooled_postgres import POOL_SIZE, PooledPostgresStorage
 from detection_pipeline.instance.pooled_sqlite import PooledSqliteStorage
 from detection_pipeline.instance.run_coordinator import (
@@ -52,8 +54,10 @@ def test_init_writes_an_embedded_home_with_the_same_queue(tmp_path, monkeypatch)
     written = yaml.safe_load((home / "dagster.yaml").read_text())
     deployment = yaml.safe_load(DEPLOYMENT_CONFIG.read_text())
     assert written["storage"]["custom"]["config"] == {"base_dir": str(home / "storage")}
-    assert {k: v for k, v in written.items() if k != "storage"} == {
-        k: v for k, v in deployment.items() if k != "storage"
+    assert written["compute_logs"]["config"] == {"base_dir": str(home / "storage")}
+    home_folders = ("storage", "compute_logs")
+    assert {k: v for k, v in written.items() if k not in home_folders} == {
+        k: v for k, v in deployment.items() if k not in home_folders
     }
     with DagsterInstance.from_config(str(home)) as instance:
         assert isinstance(instance.get_ref().storage, PooledSqliteStorage)
@@ -250,3 +254,23 @@ def test_a_runs_events_database_is_made_as_dagster_makes_it_without_loading_migr
     with dagsters.run_connection(second.run_id):
         pass
     assert _schema(made) == _schema(Path(dagsters.path_for_shard(second.run_id)))
+
+
+def test_what_a_run_prints_is_captured_in_files_without_mirroring_processes(tmp_path):
+    """Dagster's local compute log manager starts a `tail` and a Python per stream and run."""
+    write_instance_config(tmp_path)
+    with DagsterInstance.from_config(str(tmp_path)) as instance:
+        manager = instance.compute_log_manager
+        assert isinstance(manager, FileComputeLogManager)
+        children = Path(f"/proc/{os.getpid()}/task/{threading.get_native_id()}/children")
+        with manager.capture_logs(["run", "step"]):
+            print("to stdout", flush=True)
+            print("to stderr", file=sys.stderr, flush=True)
+            started = children.read_text().split()
+        assert started == []
+        assert manager.is_capture_complete(["run", "step"])
+        captured = manager.get_log_data(["run", "step"])
+        assert (captured.stdout, captured.stderr) == (b"to stdout\n", b"to stderr\n")
+        assert Path(manager.get_captured_local_path(["run", "step"], "out")).is_relative_to(
+            tmp_path / "storage"
+        )

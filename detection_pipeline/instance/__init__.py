@@ -27,7 +27,8 @@ def use_home(home: Path) -> Path:
 
 
 def instance_config(home: Path, postgres_url: str | None = None) -> dict:
-    """The deployment config with its storage pointed at SQLite in `home` or at `postgres_url`."""
+    """The deployment config with its storage pointed at SQLite in `home` or at `postgres_url`,
+    and what runs print kept in `home`."""
     config = yaml.safe_load(DEPLOYMENT_CONFIG.read_text())
     if postgres_url:
         config["storage"]["custom"]["config"]["postgres_url"] = postgres_url
@@ -39,6 +40,7 @@ def instance_config(home: Path, postgres_url: str | None = None) -> dict:
                 "config": {"base_dir": str(home / "storage")},
             }
         }
+    config["compute_logs"]["config"] = {"base_dir": str(home / "storage")}
     return config
 
 
