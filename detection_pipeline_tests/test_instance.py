@@ -1,5 +1,6 @@
 """The deployment's instance config and the embedded default written by `init`."""
 
+import json
 import os
 import sqlite3
 import sys
@@ -25,6 +26,7 @@ from detection_pipeline.instance.run_coordinator import (
     FULL_QUEUE_LOOK_SECONDS,
 )
 from detection_pipeline.records import record_store
+from detection_pipeline.records.database import engine_for
 
 from .conftest import cli
 
@@ -90,20 +92,22 @@ def _sessions(postgres_admin, database: str) -> int:
         return connection.execute(sa.text(query), {"name": database}).scalar_one()
 
 
-def _backend_pid(instance: DagsterInstance) -> int:
-    with instance.run_storage.connect() as connection:
+def _backend_pid(connect) -> int:
+    with connect() as connection:
         return connection.execute(sa.text("SELECT pg_backend_pid()")).scalar_one()
 
 
 def test_postgres_storage_keeps_its_connections_and_a_fork_opens_its_own(
     tmp_path, postgres_url, postgres_admin
 ):
-    """Dagster's own PostgreSQL storage opens a connection (a server process) for every call."""
+    """Dagster's own PostgreSQL storage opens a connection (a server process) for every call.
+    The records share the way forks go (a run worker is forked from a process that read them)."""
     home = tmp_path
     write_instance_config(home, postgres_url)
     database = postgres_url.rsplit("/", 1)[1]
     with DagsterInstance.from_config(str(home)) as instance:
-        parent_backend = _backend_pid(instance)
+        storages = (instance.run_storage.connect, engine_for(postgres_url).connect)
+        parent_backends = [_backend_pid(connect) for connect in storages]
         before = _sessions(postgres_admin, database)
         for _ in range(20):
             instance.get_runs(limit=1)
@@ -117,15 +121,16 @@ def test_postgres_storage_keeps_its_connections_and_a_fork_opens_its_own(
         pid = os.fork()
         if pid == 0:
             try:
-                os.write(write_end, str(_backend_pid(instance)).encode())
+                said = json.dumps([_backend_pid(connect) for connect in storages])
+                os.write(write_end, said.encode())
             finally:
                 os._exit(0)
         os.close(write_end)
         with os.fdopen(read_end) as child_said:
-            child_backend = int(child_said.read())
+            child_backends = json.loads(child_said.read())
         os.waitpid(pid, 0)
-        assert child_backend != parent_backend
-        assert _backend_pid(instance) == parent_backend
+        assert not set(child_backends) & set(parent_backends)
+        assert [_backend_pid(connect) for connect in storages] == parent_backends
 
 
 def test_sqlite_storage_keeps_its_connections_and_a_fork_opens_its_own(tmp_path):

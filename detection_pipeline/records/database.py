@@ -43,10 +43,11 @@ def engine_for(url: str) -> sa.Engine:
 @functools.cache
 def _migrated_engine(url: str) -> sa.Engine:
     if url.startswith("sqlite"):
-        engine = renewed_in_forks(sa.create_engine(url, connect_args={"timeout": 30}))
+        engine = sa.create_engine(url, connect_args={"timeout": 30})
         sa.event.listen(engine, "connect", _enable_sqlite_wal)
     else:
         engine = sa.create_engine(url, pool_pre_ping=True)
+    renewed_in_forks(engine)  # run workers are forked from a process that read the records
     migrate(engine)
     return engine
 
