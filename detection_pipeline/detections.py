@@ -108,7 +108,9 @@ def write_outputs(detections: dict, out_dir: Path) -> list[Path]:
     """detections.json, the COCO results, and a GeoJSON per georeferenced image; returns the
     GeoJSON files."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / DETECTIONS_FILE).write_text(json.dumps(detections, indent=1))
+    # Not indented: json's C encoder takes no indent, and its Python one took 0.1-0.2 s of a
+    # 200-image run between the work and the next run. `python -m json.tool` shows it indented.
+    (out_dir / DETECTIONS_FILE).write_text(json.dumps(detections))
     (out_dir / COCO_RESULTS_FILE).write_text(json.dumps(coco_results(detections)))
     run = {"record_id": detections.get("record_id"), "run_id": detections.get("run_id")}
     written = []
