@@ -3,8 +3,8 @@
 Run workers are forked from a process that has the instance and the records open
 (instance/run_worker_server.py), and inherit its engines: the statements SQLAlchemy compiled
 for them (cached per engine) and their pooled connections. SQLite forbids taking a connection
-across fork, even to close it: a forked process gives each engine a new pool and keeps the
-inherited one, unused and unclosed.
+across fork, even to close it, and a PostgreSQL connection's socket must not be shared: a
+forked process gives each engine a new pool and keeps the inherited one, unused and unclosed.
 """
 
 import os

@@ -6,12 +6,9 @@ webserver keeps one): each is a server process forked and authenticated. An idle
 5 s), and on a machine whose cores MMDetection keeps busy every one of them takes from it.
 These storages keep a few connections per storage and process instead.
 
-Processes fork with the storages open (run workers from their fork server): a pooled
-connection belongs to the process that opened it, and a forked process opens its own. An
-inherited one is left alone (psycopg2 does not close a connection another process opened when
-it lets go of it), so the parent's stays good."""
-
-import os
+Processes fork with the storages open (run workers from their fork server): a forked process
+opens connections of its own and leaves the inherited ones alone (forked_engines.py), so the
+parent's stay good."""
 
 import sqlalchemy as sa
 from dagster._core.storage.config import PostgresStorageConfig
@@ -23,25 +20,14 @@ from dagster_postgres.utils import (
     pg_url_from_config,
 )
 
+from ..forked_engines import renewed_in_forks
+
 # Per storage (runs, events, schedules) and process. The daemon's threads (queue, sensors, run
 # monitoring) seldom need more at once; more are opened when they do, and closed after use.
 POOL_SIZE = 2
 MAX_OVERFLOW = 10
 # Connections older than this are replaced (a server or proxy may drop idle ones).
 POOL_RECYCLE_SECONDS = 3600
-_OWNER_PID = "detection_pipeline_owner_pid"
-
-
-def _remember_owner(_dbapi_connection, record) -> None:
-    record.info[_OWNER_PID] = os.getpid()
-
-
-def _refuse_inherited(_dbapi_connection, record, proxy) -> None:
-    """A connection opened by the process this one was forked from is dropped from this
-    process's pool (SQLAlchemy's recipe for pools across os.fork): the pool opens a new one."""
-    if record.info.get(_OWNER_PID) != os.getpid():
-        record.dbapi_connection = proxy.dbapi_connection = None
-        raise sa.exc.DisconnectionError("connection opened by the process this one forked from")
 
 
 def pooled_engine(postgres_url: str, token_provider=None) -> sa.Engine:
@@ -54,9 +40,7 @@ def pooled_engine(postgres_url: str, token_provider=None) -> sa.Engine:
         pool_recycle=POOL_RECYCLE_SECONDS,
         pool_pre_ping=True,  # one that the server closed meanwhile is replaced, not used
     )
-    sa.event.listen(engine, "connect", _remember_owner)
-    sa.event.listen(engine, "checkout", _refuse_inherited)
-    return engine
+    return renewed_in_forks(engine)
 
 
 class PooledPostgresStorage(DagsterPostgresStorage):
