@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +21,7 @@ DEFINITIONS_MODULE = "detection_pipeline.definitions"
 HEARTBEAT_FRESH_SECONDS = 30
 DAEMON_START_TIMEOUT_SECONDS = 120
 STOP_GRACE_SECONDS = 15
+CODE_SERVER_RESTART_DELAY_SECONDS = 2
 
 
 class DaemonDidNotStart(RuntimeError):
@@ -87,21 +89,37 @@ def serve_daemon(instance: DagsterInstance) -> int:
     `dagster-daemon run -m MODULE` starts a new code server every minute: it refreshes its
     workspace by dropping its servers, and each new one is a Python importing Dagster and this
     code location, 1.5-3 s of CPU that lands on whatever MMDetection is doing (a detection
-    run it met went 25-35 % slower on 2 cores). `dagster dev` (`up`) keeps one code server per
-    location instead (Dagster's ProxyServerManager); so does this, for the daemon alone. Both
-    read the code location and its settings file when they start: restart after changing them.
+    run it met went 25-35 % slower on 2 cores). This keeps one, started here and started again
+    should it exit. Not Dagster's proxy code server (what `dagster dev`, `up`, keeps): that is
+    a second process in front of the code server, for reloading code from the UI, heartbeating
+    it every second; the two woke 350 times a second beside a run's MMDetection work. The
+    daemon and its code server read the code location and its settings file when they start:
+    restart the daemon after changing them.
     """
-    from dagster._cli.proxy_server_manager import ProxyServerManager
     from dagster._core.workspace.load_target import ModuleTarget
+    from dagster._grpc.server import GrpcServerProcess
 
     _interrupt_on_signals()
-    target = ModuleTarget(DEFINITIONS_MODULE, None, None, None)
+    [origin] = ModuleTarget(DEFINITIONS_MODULE, None, None, None).create_origins()
     with (
-        ProxyServerManager(instance, target) as code_servers,
+        GrpcServerProcess(
+            instance_ref=instance.get_ref(),
+            location_name=origin.location_name,
+            loadable_target_origin=origin.loadable_target_origin,
+            startup_timeout=instance.code_server_process_startup_timeout,
+            wait_on_exit=True,
+        ) as code_server,
         tempfile.TemporaryDirectory(prefix="detection_pipeline_daemon_") as folder,
     ):
+        location = {
+            "location_name": origin.location_name,
+            "socket": code_server.socket,
+            "additional_metadata": origin.loadable_target_origin.as_dict,  # shown in the UI
+        }
         workspace = Path(folder) / "workspace.yaml"
-        workspace.write_text(yaml.safe_dump({"load_from": code_servers.get_code_server_specs()}))
+        workspace.write_text(yaml.safe_dump({"load_from": [{"grpc_server": location}]}))
+        stopping = threading.Event()
+        threading.Thread(target=_restart_on_exit, args=(code_server, stopping), daemon=True).start()
         # In this process group: whoever stops the group (Ctrl-C, stop_service) stops it too.
         daemon = subprocess.Popen(dagster_command("dagster-daemon", "run", "-w", str(workspace)))
         try:
@@ -113,6 +131,20 @@ def serve_daemon(instance: DagsterInstance) -> int:
             except subprocess.TimeoutExpired:
                 daemon.kill()
             return 0
+        finally:
+            stopping.set()
+
+
+def _restart_on_exit(code_server, stopping: threading.Event) -> None:
+    """Starts the code server again (on the same socket: the daemon reconnects) whenever it
+    exits, unless the daemon is stopping. Waits without polling: nothing wakes meanwhile. A
+    Ctrl-C reaches the code server with the rest of the process group: the delay lets this
+    process see it too before it would start a new one."""
+    while True:
+        code_server.server_process.wait()
+        if stopping.wait(CODE_SERVER_RESTART_DELAY_SECONDS):
+            return
+        code_server.start_server_process()
 
 
 def daemon_running(instance: DagsterInstance) -> bool:
