@@ -19,10 +19,12 @@ bench/results/suite_<storage>_<time>.json so two commits can be compared.
 3. queue ratio on real-size work: 10 runs of 200 images of 512x512 through the queue (first
    submit to last end) / the same detections in one plain script (new Python, DetInferencer,
    model loaded once, one pass over the images per run). The plain script's time is its
-   start-up and first pass, timed as it starts, plus 9 times its median pass of figure 4,
-   whose pairs are taken half before and half after the queue. Its parts are printed too: the
-   seconds until the first run's work started, the sum of the 9 gaps, and the runs' work ÷ the
-   median plain pass (the first run's apart: the other 9 are submitted while it works).
+   start-up and first pass, timed as it starts, plus 9 times its mean pass of figure 4, whose
+   pairs are taken half before and half after the queue: the mean, as the queue's time sums
+   its runs, slow ones included (this host has moments of half speed; a median would count
+   them for the queue and not for the script). Its parts are printed too: the seconds until
+   the first run's work started, the sum of the 9 gaps, and the runs' mean work ÷ the mean
+   plain pass (the first run's apart: the other 9 are submitted while it works).
 4. detection throughput: images/s inside a detection run / DetInferencer straight on the same
    images and model (same batch size), in pairs taken one after the other: one queued run of
    the 200 images, then one pass of that plain script, with the daemon frozen (SIGSTOP) during
@@ -355,8 +357,8 @@ class PlainDetection:
 
 def queue_parts(records: list, queue_seconds: float, plain_pass_seconds: float) -> dict:
     """Where figure 3's time went: until the first run's work started, the gaps between runs,
-    and the runs' work next to the plain passes (the first run's apart: the other runs are
-    still being submitted while it works)."""
+    and the runs' mean work next to the plain passes' mean (the first run's apart: the other
+    runs are still being submitted while it works)."""
     work = sorted(map(work_of, records))
     seconds = [end - start for start, end in work]
     submitted = work[-1][1] - queue_seconds
@@ -364,7 +366,9 @@ def queue_parts(records: list, queue_seconds: float, plain_pass_seconds: float) 
         "queue_first_start_s": round(work[0][0] - submitted, 2),
         "queue_gaps_s": round(sum(gaps_between(work)), 2),
         "queue_first_run_over_plain_pass": round(seconds[0] / plain_pass_seconds, 3),
-        "queue_later_runs_over_plain_pass": median(s / plain_pass_seconds for s in seconds[1:]),
+        "queue_later_runs_over_plain_pass": round(
+            statistics.mean(seconds[1:]) / plain_pass_seconds, 3
+        ),
     }
 
 
@@ -391,18 +395,21 @@ def real_size_work(
     finally:
         plain.close()
     plain_pass_seconds = statistics.median(seconds for _, seconds in pairs)
+    plain_pass_mean_seconds = statistics.mean(seconds for _, seconds in pairs)
     # Sampling reads /proc ten times a second: on runs of their own, not the timed ones.
     with MemorySampler(service.instance, os.environ[RUNTIME_DIR_ENV]) as memory:
         queued_detections(service, images, MEMORY_RUNS)
-    plain_script_seconds = plain.start_seconds + (RUNS - 1) * plain_pass_seconds
+    plain_script_seconds = plain.start_seconds + (RUNS - 1) * plain_pass_mean_seconds
     plain_peak_rss = plain.last_pass["peak_rss"]
     count = len(list(images.iterdir()))
     return {
         "queue_s": round(queue_seconds, 2),
         "plain_script_s": round(plain_script_seconds, 2),
         "plain_start_and_first_pass_s": round(plain.start_seconds, 2),
+        "plain_pass_mean_s": round(plain_pass_mean_seconds, 2),
+        "plain_pass_median_s": round(plain_pass_seconds, 2),
         "queue_over_plain": round(queue_seconds / plain_script_seconds, 3),
-        **queue_parts(queue_records, queue_seconds, plain_pass_seconds),
+        **queue_parts(queue_records, queue_seconds, plain_pass_mean_seconds),
         "run_images_per_s": round(count / statistics.median(run for run, _ in pairs), 3),
         "plain_images_per_s": round(count / plain_pass_seconds, 3),
         # speeds: a pair's plain seconds / its run's seconds
