@@ -394,7 +394,7 @@ def real_size_work(
             pairs.append((ran[queued_run], ran[plain_pass]))
     finally:
         plain.close()
-    plain_pass_seconds = statistics.median(seconds for _, seconds in pairs)
+    plain_pass_median_seconds = statistics.median(seconds for _, seconds in pairs)
     plain_pass_mean_seconds = statistics.mean(seconds for _, seconds in pairs)
     # Sampling reads /proc ten times a second: on runs of their own, not the timed ones.
     with MemorySampler(service.instance, os.environ[RUNTIME_DIR_ENV]) as memory:
@@ -407,11 +407,11 @@ def real_size_work(
         "plain_script_s": round(plain_script_seconds, 2),
         "plain_start_and_first_pass_s": round(plain.start_seconds, 2),
         "plain_pass_mean_s": round(plain_pass_mean_seconds, 2),
-        "plain_pass_median_s": round(plain_pass_seconds, 2),
+        "plain_pass_median_s": round(plain_pass_median_seconds, 2),
         "queue_over_plain": round(queue_seconds / plain_script_seconds, 3),
         **queue_parts(queue_records, queue_seconds, plain_pass_mean_seconds),
         "run_images_per_s": round(count / statistics.median(run for run, _ in pairs), 3),
-        "plain_images_per_s": round(count / plain_pass_seconds, 3),
+        "plain_images_per_s": round(count / plain_pass_median_seconds, 3),
         # speeds: a pair's plain seconds / its run's seconds
         "throughput_ratio": median(plain / run for run, plain in pairs),
         "throughput_ratio_of_each_pair": [round(plain / run, 3) for run, plain in pairs],

@@ -66,6 +66,14 @@ def test_init_writes_an_embedded_home_with_the_same_queue(tmp_path, monkeypatch)
         assert isinstance(instance.run_coordinator, QueuedRunCoordinator)
         assert instance.run_coordinator.get_run_queue_config().max_concurrent_runs == 1
         assert instance.run_coordinator.dequeue_interval_seconds == 0.5
+        # No assets here: no daemon thread that wakes only to find none beside MMDetection work.
+        assert sorted(instance.get_required_daemon_types()) == [
+            "BACKFILL",
+            "MONITORING",
+            "QUEUED_RUN_COORDINATOR",
+            "SCHEDULER",
+            "SENSOR",
+        ]
     assert (home / "records.db").exists()
     assert (home / "data").is_dir()
 
