@@ -13,16 +13,12 @@ from pathlib import Path
 import click
 
 from .dagster_services import (
-    DEFINITIONS_MODULE,
     HEARTBEAT_FRESH_SECONDS,
     DaemonDidNotStart,
     daemon_running,
-    dagster_command,
     running_daemon,
-    serve_daemon,
-    start_service,
-    stop_service,
-    webserver_command,
+    serve,
+    webserver_options,
 )
 from .datasets.synthetic import make_dataset
 from .errors import InputError, NotAllowed
@@ -290,18 +286,16 @@ def _refuse_second_daemon() -> None:
             )
 
 
-def _serve(command: list[str], url: str) -> None:
-    """Runs a Dagster service in the foreground until it ends or Ctrl-C."""
-    home = _settings().home
-    process = start_service(command)
-    click.echo(f"Dagster UI: {url} (home {home}); Ctrl-C stops it")
-    sys.stdout.flush()  # before Dagster's own output, also when stdout is a file
-    try:
-        process.wait()
-    except KeyboardInterrupt:
-        click.echo("stopping…")
-    finally:
-        stop_service(process)
+def _serve(daemon: bool, webserver: list[str] | None = None, url: str = "") -> None:
+    """Runs Dagster's daemon, webserver or both for this home (`serve`) until Ctrl-C."""
+    from dagster import DagsterInstance
+
+    if url:
+        click.echo(f"Dagster UI: {url} (home {_settings().home}); Ctrl-C stops it")
+        sys.stdout.flush()  # before Dagster's own output, also when stdout is a file
+    with DagsterInstance.get() as instance:
+        code = serve(instance, daemon=daemon, webserver=webserver)
+    sys.exit(code)
 
 
 @main.command()
@@ -311,8 +305,7 @@ def up(port, host):
     """Start the Dagster webserver and daemon for this home; Ctrl-C stops both."""
     _refuse_remote()
     _refuse_second_daemon()
-    command = ["dev", "-m", DEFINITIONS_MODULE, "--host", host, "--port", str(port)]
-    _serve(dagster_command("dagster", *command), f"http://{host}:{port}")
+    _serve(daemon=True, webserver=webserver_options(host, port), url=f"http://{host}:{port}")
 
 
 @main.command()
@@ -332,8 +325,9 @@ def webserver(port, host, read_only, path_prefix):
     The daemon that runs the queue runs beside it: `up` (once per home), or `daemon`."""
     _refuse_remote()
     _serve(
-        webserver_command(host, port, read_only=read_only, path_prefix=path_prefix),
-        f"http://{host}:{port}{path_prefix}" + (" (read-only)" if read_only else ""),
+        daemon=False,
+        webserver=webserver_options(host, port, read_only=read_only, path_prefix=path_prefix),
+        url=f"http://{host}:{port}{path_prefix}" + (" (read-only)" if read_only else ""),
     )
 
 
@@ -343,11 +337,7 @@ def daemon():
     stops it. `up` starts it with the UI."""
     _refuse_remote()
     _refuse_second_daemon()
-    from dagster import DagsterInstance
-
-    with DagsterInstance.get() as instance:
-        code = serve_daemon(instance)
-    sys.exit(code)
+    _serve(daemon=True)
 
 
 @main.command("make-dataset")

@@ -1,11 +1,13 @@
 """Starting and stopping Dagster's own services (webserver, daemon) for a Dagster home."""
 
 import contextlib
+import logging
+import os
+import select
 import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,13 +17,16 @@ from dagster import DagsterInstance
 
 from .process_group import kill_process_group
 
-# The webserver and daemon load this module (`-m`), and Dagster names the code location after
-# it; runs created in other processes must name the same location for the daemon to launch them.
+# The code server loads this module, and Dagster names the code location after it; runs
+# created in other processes must name the same location for the daemon to launch them.
 DEFINITIONS_MODULE = "detection_pipeline.definitions"
 HEARTBEAT_FRESH_SECONDS = 30
 DAEMON_START_TIMEOUT_SECONDS = 120
 STOP_GRACE_SECONDS = 15
 CODE_SERVER_RESTART_DELAY_SECONDS = 2
+CODE_SERVER_RESTART_MAX_DELAY_SECONDS = 60
+
+logger = logging.getLogger(__name__)
 
 
 class DaemonDidNotStart(RuntimeError):
@@ -34,20 +39,20 @@ def dagster_command(name: str, *args: str) -> list[str]:
     return [str(Path(sys.executable).with_name(name)), *args]
 
 
-def webserver_command(
+def webserver_options(
     host: str, port: int, read_only: bool = False, path_prefix: str = ""
 ) -> list[str]:
-    """The Dagster webserver (UI and GraphQL) of this product's code location."""
-    options = ["--read-only"] if read_only else []
+    """Options of the Dagster webserver (UI and GraphQL), for `serve`."""
+    options = ["-h", host, "-p", str(port)]
+    if read_only:
+        options.append("--read-only")
     if path_prefix:
         options += ["--path-prefix", path_prefix]
-    return dagster_command(
-        "dagster-webserver", "-m", DEFINITIONS_MODULE, "-h", host, "-p", str(port), *options
-    )
+    return options
 
 
 def daemon_command() -> list[str]:
-    """The daemon as this product runs it (`detection-pipeline daemon`: serve_daemon below)."""
+    """The daemon as this product runs it (`detection-pipeline daemon`: `serve` below)."""
     return dagster_command("detection-pipeline", "daemon")
 
 
@@ -82,19 +87,20 @@ def stop_service(process: subprocess.Popen) -> None:
     kill_process_group(process, grace_seconds=STOP_GRACE_SECONDS)
 
 
-def serve_daemon(instance: DagsterInstance) -> int:
-    """Runs the Dagster daemon of `instance` beside one code server that lives as long as it
-    does, until the daemon exits (its exit code) or this process is interrupted (0).
+def serve(instance: DagsterInstance, daemon: bool, webserver: list[str] | None) -> int:
+    """Runs the Dagster daemon of `instance`, its webserver (with these `webserver_options`),
+    or both, beside one code server they share, until one of them exits (its exit code) or this
+    process is interrupted (0).
 
-    `dagster-daemon run -m MODULE` starts a new code server every minute: it refreshes its
-    workspace by dropping its servers, and each new one is a Python importing Dagster and this
-    code location, 1.5-3 s of CPU that lands on whatever MMDetection is doing (a detection
-    run it met went 25-35 % slower on 2 cores). This keeps one, started here and started again
-    should it exit. Not Dagster's proxy code server (what `dagster dev`, `up`, keeps): that is
-    a second process in front of the code server, for reloading code from the UI, heartbeating
-    it every second; the two woke 350 times a second beside a run's MMDetection work. The
-    daemon and its code server read the code location and its settings file when they start:
-    restart the daemon after changing them.
+    Left to themselves each would keep code servers of its own, and waking beside a run's
+    MMDetection work is what they cost: `dagster-daemon run -m MODULE` starts a new one every
+    minute (it refreshes its workspace by dropping its servers: a Python importing Dagster and
+    this code location, 1.5-3 s of CPU; a detection run it met went 25-35 % slower on 2 cores),
+    the webserver keeps one it heartbeats every second, and `dagster dev` puts Dagster's proxy
+    code server in front of one (for reloading code from the UI), heartbeating it every second:
+    the two woke 350 times a second. Here one code server lives as long as the services, started
+    again should it exit. They read the code location and its settings file when they start:
+    restart them after changing either.
     """
     from dagster._core.workspace.load_target import ModuleTarget
     from dagster._grpc.server import GrpcServerProcess
@@ -109,7 +115,7 @@ def serve_daemon(instance: DagsterInstance) -> int:
             startup_timeout=instance.code_server_process_startup_timeout,
             wait_on_exit=True,
         ) as code_server,
-        tempfile.TemporaryDirectory(prefix="detection_pipeline_daemon_") as folder,
+        tempfile.TemporaryDirectory(prefix="detection_pipeline_services_") as folder,
     ):
         location = {
             "location_name": origin.location_name,
@@ -118,33 +124,78 @@ def serve_daemon(instance: DagsterInstance) -> int:
         }
         workspace = Path(folder) / "workspace.yaml"
         workspace.write_text(yaml.safe_dump({"load_from": [{"grpc_server": location}]}))
-        stopping = threading.Event()
-        threading.Thread(target=_restart_on_exit, args=(code_server, stopping), daemon=True).start()
-        # In this process group: whoever stops the group (Ctrl-C, stop_service) stops it too.
-        daemon = subprocess.Popen(dagster_command("dagster-daemon", "run", "-w", str(workspace)))
+        commands = []
+        if daemon:
+            commands.append(dagster_command("dagster-daemon", "run", "-w", str(workspace)))
+        if webserver is not None:
+            commands.append(dagster_command("dagster-webserver", "-w", str(workspace), *webserver))
+        # In this process group: whoever stops the group (Ctrl-C, stop_service) stops them too.
+        services = [subprocess.Popen(command) for command in commands]
         try:
-            return daemon.wait()
+            return supervise(services, code_server)
         except KeyboardInterrupt:
-            daemon.terminate()  # it may have had the signal already: Dagster takes it once
-            try:
-                daemon.wait(timeout=STOP_GRACE_SECONDS)
-            except subprocess.TimeoutExpired:
-                daemon.kill()
             return 0
         finally:
-            stopping.set()
+            for service in services:
+                # It may have had the signal already: Dagster takes it once.
+                service.terminate()
+            for service in services:
+                try:
+                    service.wait(timeout=STOP_GRACE_SECONDS)
+                except subprocess.TimeoutExpired:
+                    service.kill()
 
 
-def _restart_on_exit(code_server, stopping: threading.Event) -> None:
-    """Starts the code server again (on the same socket: the daemon reconnects) whenever it
-    exits, unless the daemon is stopping. Waits without polling: nothing wakes meanwhile. A
-    Ctrl-C reaches the code server with the rest of the process group: the delay lets this
-    process see it too before it would start a new one."""
+def supervise(services: list[subprocess.Popen], code_server) -> int:
+    """Waits for the first of `services` to exit (its exit code), starting `code_server` (a
+    Dagster GrpcServerProcess; on the same socket: the services reconnect) again whenever it
+    exits meanwhile. Waits without polling: nothing wakes beside the runs.
+
+    A Ctrl-C reaches the code server with the rest of the process group: the delay before a
+    restart lets this process see it too. A code server that keeps exiting soon after it
+    started, or cannot be started, is tried again at growing intervals, up to one a minute.
+    """
+    delay = CODE_SERVER_RESTART_DELAY_SECONDS
     while True:
-        code_server.server_process.wait()
-        if stopping.wait(CODE_SERVER_RESTART_DELAY_SECONDS):
-            return
-        code_server.start_server_process()
+        started = time.monotonic()
+        exited = _first_to_exit([*services, code_server.server_process])
+        if exited in services:
+            return exited.wait()
+        if time.monotonic() - started > CODE_SERVER_RESTART_MAX_DELAY_SECONDS:
+            delay = CODE_SERVER_RESTART_DELAY_SECONDS  # it ran a while: no crash loop
+        while (exited := _first_to_exit(services, timeout=delay)) is None:
+            delay = min(2 * delay, CODE_SERVER_RESTART_MAX_DELAY_SECONDS)
+            try:
+                code_server.start_server_process()
+                break
+            # Dagster raises a plain Exception (timed out, exited while starting): whatever
+            # stopped it, a later try may not meet it.
+            except Exception as error:  # noqa: BLE001
+                logger.error(
+                    "The code server exited and could not be started again (%s); the daemon "
+                    "and webserver cannot reach this product's jobs meanwhile. Next try in %d s.",
+                    error,
+                    delay,
+                )
+        else:
+            return exited.wait()
+
+
+def _first_to_exit(
+    processes: list[subprocess.Popen], timeout: float | None = None
+) -> subprocess.Popen | None:
+    """The first of `processes` to exit, or None if none does within `timeout` seconds."""
+    for process in processes:
+        if process.poll() is not None:
+            return process
+    # A pidfd is readable once its process has exited; an exit after the poll above included.
+    pidfds = {os.pidfd_open(process.pid): process for process in processes}
+    try:
+        ready, _, _ = select.select(list(pidfds), [], [], timeout)
+        return pidfds[ready[0]] if ready else None
+    finally:
+        for pidfd in pidfds:
+            os.close(pidfd)
 
 
 def daemon_running(instance: DagsterInstance) -> bool:

@@ -296,6 +296,17 @@ def descendants(root: int) -> set[int]:
     return found
 
 
+def code_servers(pids: set[int]) -> set[int]:
+    """Those of `pids` that are Dagster code servers (`dagster api grpc`, `dagster code-server`)."""
+    found = set()
+    for pid in pids:
+        with contextlib.suppress(FileNotFoundError):  # a process that ended meanwhile
+            command = command_line(pid)
+            if "dagster api grpc" in command or "dagster code-server" in command:
+                found.add(pid)
+    return found
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -1,32 +1,22 @@
 """`detection-pipeline daemon`: the daemon keeps one code server while it runs (started again
-if it dies), a second one for the same home is refused, and stopping it stops every process it
-started."""
+if it dies, at growing intervals while it cannot be), a second one for the same home is refused,
+and stopping it stops every process it started."""
 
-import contextlib
 import os
 import signal
 import subprocess
+import threading
 import time
 
 from dagster import DagsterInstance
 from dagster._core.scheduler.instigation import TickStatus
 from dagster._daemon.controller import RELOAD_WORKSPACE_INTERVAL
 
-from detection_pipeline.dagster_services import daemon_running
+from detection_pipeline import dagster_services
+from detection_pipeline.dagster_services import daemon_running, supervise
 from detection_pipeline.sensors.upkeep import UPKEEP_SENSOR
 
-from .conftest import CLI, alive, command_line, descendants, make_home, wait_until
-
-
-def code_servers(pids: set[int]) -> set[int]:
-    """Those of `pids` that are Dagster code servers (`dagster api grpc`, `dagster code-server`)."""
-    found = set()
-    for pid in pids:
-        with contextlib.suppress(FileNotFoundError):  # a process that ended meanwhile
-            command = command_line(pid)
-            if "dagster api grpc" in command or "dagster code-server" in command:
-                found.add(pid)
-    return found
+from .conftest import CLI, alive, code_servers, descendants, make_home, wait_until
 
 
 def upkeep_ticks_since(instance: DagsterInstance, since: float) -> list:
@@ -86,3 +76,47 @@ def test_the_daemon_keeps_its_code_server_refuses_a_second_and_stops_with_all_it
     finally:
         if daemon.poll() is None:
             os.killpg(daemon.pid, signal.SIGKILL)
+
+
+class FailingCodeServer:
+    """Stands in for Dagster's GrpcServerProcess in `supervise`: a real process, and the first
+    `failures` starts after it exits fail as Dagster's do (a plain Exception)."""
+
+    def __init__(self, failures: int):
+        self.failures = failures
+        self.starts: list[float] = []
+        self.server_process = subprocess.Popen(["sleep", "600"])
+
+    def start_server_process(self):
+        self.starts.append(time.monotonic())
+        if len(self.starts) <= self.failures:
+            raise Exception("gRPC server exited with return code 1 while starting up")  # noqa: TRY002
+        self.server_process = subprocess.Popen(["sleep", "600"])
+
+
+def test_a_code_server_that_cannot_be_started_again_is_tried_at_growing_intervals(
+    monkeypatch, caplog
+):
+    monkeypatch.setattr(dagster_services, "CODE_SERVER_RESTART_DELAY_SECONDS", 0.2)
+    code_server = FailingCodeServer(failures=2)
+    service = subprocess.Popen(["sleep", "600"])
+    result = []
+    supervising = threading.Thread(target=lambda: result.append(supervise([service], code_server)))
+    supervising.start()
+    try:
+        first = code_server.server_process
+        first.kill()
+        wait_until(lambda: code_server.server_process is not first, timeout=30)
+        assert code_server.server_process.poll() is None
+        first_gap, second_gap = (b - a for a, b in zip(code_server.starts, code_server.starts[1:]))
+        assert second_gap > 1.5 * first_gap, code_server.starts
+        assert "could not be started again" in caplog.text
+        assert "Next try in" in caplog.text
+        # The service's exit ends the supervision with its exit code.
+        service.kill()
+        supervising.join(timeout=10)
+        assert result == [-signal.SIGKILL]
+    finally:
+        for process in (service, code_server.server_process):
+            process.kill()
+        supervising.join(timeout=10)

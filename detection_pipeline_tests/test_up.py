@@ -8,7 +8,17 @@ import socket
 import subprocess
 from pathlib import Path
 
-from .conftest import CLI, alive, answers, descendants, free_port, make_home, wait_until
+from .conftest import (
+    CLI,
+    alive,
+    answers,
+    code_servers,
+    command_line,
+    descendants,
+    free_port,
+    make_home,
+    wait_until,
+)
 
 
 def listening_addresses(pids: set[int]) -> set[tuple[str, int]]:
@@ -49,7 +59,9 @@ def test_up_serves_the_ui_and_stops_cleanly_on_ctrl_c(tmp_path):
         wait_until(lambda: f"Dagster UI: http://127.0.0.1:{port}" in log.read_text(), timeout=30)
         wait_until(lambda: answers(f"http://127.0.0.1:{port}/server_info"), timeout=120)
         started = descendants(up.pid)
-        assert len(started) >= 3  # dagster dev, its webserver, its daemon, code servers
+        # The webserver and the daemon share one code server: nothing else wakes beside runs.
+        assert len(started) == 3, [command_line(pid) for pid in started]
+        assert len(code_servers(started)) == 1
         # No login in the UI: by default nothing may listen beyond this machine.
         listening = listening_addresses(started | {up.pid})
         assert ("127.0.0.1", port) in listening
