@@ -1,6 +1,6 @@
 """Stopping a process together with everything it started.
 
-Children that may start children of their own (MMDetection, `dagster dev`) are started in a
+Children that may start children of their own (MMDetection, the Dagster daemon) are started in a
 session of their own (`start_new_session=True`), so one signal to the group reaches them all.
 """
 
