@@ -21,7 +21,7 @@ from dagster_postgres.utils import (
 )
 
 from ..forked_engines import renewed_in_forks
-from .schema_checks import remember_run_columns
+from .schema_checks import RUN_STORAGE_CHECKS, SCHEDULE_STORAGE_CHECKS, remember_schema
 
 # Per storage (runs, events, schedules) and process. The daemon's threads (queue, sensors, run
 # monitoring) seldom need more at once; more are opened when they do, and closed after use.
@@ -53,7 +53,8 @@ class PooledPostgresStorage(DagsterPostgresStorage):
             old = storage._engine
             storage._engine = pooled_engine(postgres_url, storage._token_provider)
             old.dispose()
-        remember_run_columns(self._run_storage)
+        remember_schema(self._run_storage, RUN_STORAGE_CHECKS)
+        remember_schema(self._schedule_storage, SCHEDULE_STORAGE_CHECKS)
 
     @classmethod
     def from_config_value(

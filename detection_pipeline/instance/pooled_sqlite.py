@@ -39,7 +39,7 @@ from dagster._serdes import ConfigurableClassData
 from dagster.version import __version__ as DAGSTER_VERSION
 
 from ..forked_engines import renewed_in_forks
-from .schema_checks import remember_run_columns
+from .schema_checks import RUN_STORAGE_CHECKS, SCHEDULE_STORAGE_CHECKS, remember_schema
 
 # Per database file. A run's own event database is one file: the daemon and the webserver
 # touch many in turn, so the least recently used engines are closed beyond this many.
@@ -142,11 +142,12 @@ class PooledSqliteStorage(DagsterSqliteStorage):
         # Dagster's __init__ builds its own storages, each checking its schema: not called.
         self.base_dir = base_dir
         self._run_storage = PooledSqliteRunStorage.from_local(_runs_directory(base_dir))
-        remember_run_columns(self._run_storage)
         self._event_log_storage = PooledSqliteEventLogStorage(_event_logs_directory(base_dir))
         self._schedule_storage = PooledSqliteScheduleStorage.from_local(
             _schedule_directory(base_dir)
         )
+        remember_schema(self._run_storage, RUN_STORAGE_CHECKS)
+        remember_schema(self._schedule_storage, SCHEDULE_STORAGE_CHECKS)
         self._inst_data = inst_data
         super(DagsterSqliteStorage, self).__init__()
 
