@@ -16,8 +16,14 @@ from dagster import DagsterInstance, DagsterRun
 from dagster._core.run_coordinator import QueuedRunCoordinator
 from dagster._core.storage.event_log.sqlite.sqlite_event_log import SqliteEventLogStorage
 from dagster._core.utils import make_new_run_id
+from dagster._serdes import serialize_value
 
-from detection_pipeline.instance import DEPLOYMENT_CONFIG, instance_config, write_instance_config
+from detection_pipeline.instance import (
+    DEPLOYMENT_CONFIG,
+    instance_config,
+    opened_instance,
+    write_instance_config,
+)
 from detection_pipeline.instance.compute_logs import FileComputeLogManager
 from detection_pipeline.instance.pooled_postgres import POOL_SIZE, PooledPostgresStorage
 from detection_pipeline.instance.pooled_sqlite import PooledSqliteStorage
@@ -26,6 +32,7 @@ from detection_pipeline.instance.run_coordinator import (
     DEQUEUE_THREAD,
     FULL_QUEUE_LOOK_SECONDS,
 )
+from detection_pipeline.instance.run_worker_server import RunWorkerServer
 from detection_pipeline.records import record_store
 from detection_pipeline.records.database import engine_for
 
@@ -228,6 +235,39 @@ def test_the_storages_ask_for_the_schema_once_per_process(tmp_path, storage, req
             assert schema_queries() == []
     finally:
         sa.event.remove(sa.Engine, "before_cursor_execute", remember)
+
+
+@pytest.mark.parametrize("storage", ["sqlite", "postgres"])
+def test_forked_run_workers_inherit_the_answers_to_the_schema_checks(tmp_path, storage, request):
+    """The run worker server reads a run before its first fork, so a run worker does not ask
+    for the runs table's columns again (on PostgreSQL three catalog queries between runs)."""
+    postgres_url = request.getfixturevalue("postgres_url") if storage == "postgres" else None
+    write_instance_config(tmp_path, postgres_url)
+    with DagsterInstance.from_config(str(tmp_path)) as instance:
+        run = instance.add_run(DagsterRun(job_name="job", run_id=make_new_run_id()))
+        instance_ref = serialize_value(instance.get_ref())
+    server = RunWorkerServer(str(tmp_path / "runs.sock"), idle_seconds=float("inf"))
+    server.prepare({"instance_ref": instance_ref, "run_id": run.run_id})
+    server.listener.close()
+    answer, child_answers = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # as the run worker server's child: the run is the run worker's first read
+        try:
+            statements = []
+            sa.event.listen(
+                sa.Engine, "before_cursor_execute", lambda _c, _cur, sql, *_: statements.append(sql)
+            )
+            opened_instance(instance_ref).get_run_by_id(run.run_id)
+            asked = [s for s in statements if any(query in s for query in SCHEMA_QUERIES)]
+            os.write(child_answers, json.dumps({"reads": len(statements), "asked": asked}).encode())
+        finally:
+            os._exit(0)
+    os.close(child_answers)
+    os.waitpid(pid, 0)
+    with os.fdopen(answer) as reply:
+        found = json.loads(reply.read() or "{}")
+    assert found["reads"] > 0  # the child read the run from the database
+    assert found["asked"] == []
 
 
 def _look(coordinator, exit_after: float | None = None, thread_name: str = DEQUEUE_THREAD):
