@@ -26,6 +26,7 @@ import sys
 import tempfile
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 
 RUNTIME_DIR_ENV = "DETECTION_PIPELINE_RUNTIME_DIR"
@@ -62,7 +63,8 @@ class ForkServer:
         self.wake_read, wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         signal.set_wakeup_fd(wake_write)
         signal.signal(signal.SIGCHLD, lambda signum, frame: None)
-        self.children: dict[int, socket.socket] = {}
+        self.children: dict[int, socket.socket] = {}  # pid: its client's connection
+        self.requests: dict[int, dict] = {}  # pid: what it serves
         self.stopping = False
 
     def prepare(self, request: dict) -> None:
@@ -71,6 +73,19 @@ class ForkServer:
     def child(self, request: dict, fds: list[int]) -> int:
         """What the forked child does; returns its exit code."""
         raise NotImplementedError
+
+    def hand_over(self, request: dict, fds: list[int]) -> int | None:
+        """The pid of a child forked ahead of the request that took it on; None: none did, and
+        one is forked for it."""
+        return None
+
+    def child_exited(self, pid: int, request: dict | None) -> None:
+        """Called for every child of this process that ended; `request`: what it served, None
+        for a child forked ahead that served none."""
+
+    def held_sockets(self) -> list[socket.socket]:
+        """What a forked child must close: it holds none of this process's connections open."""
+        return [self.listener, *self.children.values()]
 
     def _still_mine(self) -> bool:
         try:
@@ -87,17 +102,32 @@ class ForkServer:
         )
 
     def _reap(self) -> None:
-        while self.children:
-            pid, status = os.waitpid(-1, os.WNOHANG)
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:  # no children at all
+                return
             if pid == 0:
                 return
             conn = self.children.pop(pid, None)
             if conn:
                 _reply(conn, {"exit": os.waitstatus_to_exitcode(status)})
                 conn.close()
+            self.child_exited(pid, self.requests.pop(pid, None))
 
     def _fork(self, conn: socket.socket, request: dict, fds: list[int]) -> None:
-        self.prepare(request)
+        pid = self.hand_over(request, fds)
+        if pid is None:
+            self.prepare(request)
+            pid = self.spawn(lambda: self.child(request, fds), conn)
+        for fd in fds:
+            os.close(fd)
+        self.children[pid] = conn
+        self.requests[pid] = request
+        _reply(conn, {"pid": pid})
+
+    def spawn(self, work: Callable[[], int], *also_held: socket.socket) -> int:
+        """Forks a child that runs `work` and exits with the code it returns; its pid."""
         sys.stdout.flush()
         sys.stderr.flush()
         # The child's garbage collector leaves what it inherits alone: collecting it would take
@@ -107,12 +137,12 @@ class ForkServer:
         if pid == 0:
             signal.set_wakeup_fd(-1)
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-            for other in (self.listener, conn, *self.children.values()):
-                other.close()
+            for held in (*self.held_sockets(), *also_held):
+                held.close()
             os.close(self.wake_read)
             code = 1
             try:
-                code = self.child(request, fds)
+                code = work()
             except SystemExit as error:
                 code = error.code if isinstance(error.code, int) else 1
             except BaseException:  # noqa: BLE001 - as a new Python would: print it, exit 1
@@ -122,10 +152,7 @@ class ForkServer:
                 sys.stderr.flush()
                 os._exit(code)
         gc.unfreeze()  # this process keeps collecting its own garbage
-        for fd in fds:
-            os.close(fd)
-        self.children[pid] = conn
-        _reply(conn, {"pid": pid})
+        return pid
 
     def _accept(self) -> None:
         conn, _ = self.listener.accept()

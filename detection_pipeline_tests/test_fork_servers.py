@@ -14,7 +14,8 @@ from dagster import DagsterInstance, DagsterRunStatus, instance_for_test
 
 from detection_pipeline import run_tags, run_worker
 from detection_pipeline.fork_server import RUNTIME_DIR_ENV
-from detection_pipeline.jobs.warm_child import socket_path
+from detection_pipeline.jobs.warm_child import fork_child, socket_path
+from detection_pipeline.mmdet_runner.specs import DRAWN_DIR, InferSpec, write_spec
 from detection_pipeline.records.service import TERMINATED, RunService
 
 from .conftest import (
@@ -80,9 +81,10 @@ def test_a_warm_child_detects_what_a_new_python_does_and_the_model_stays_loaded(
 
         _, cold_dir = detect(warm_worker=False)
         first_run, first_dir = detect()
-        loads_before = warm_log.read_text().count(model.checkpoint)
+        loaded = f"Loads checkpoint by local backend from path: {model.checkpoint}"  # mmengine's
+        loads_before = warm_log.read_text().count(loaded)
         second_run, second_dir = detect()
-        assert warm_log.read_text().count(model.checkpoint) == loads_before  # still loaded
+        assert warm_log.read_text().count(loaded) == loads_before  # still loaded
         children = [warm_child_pid(instance, run_id) for run_id in (first_run, second_run)]
     assert None not in children and children[0] != children[1]  # one child per run
     assert_same_detections(detections_of(cold_dir), detections_of(first_dir))
@@ -189,3 +191,51 @@ def test_the_launcher_knows_at_once_when_a_run_worker_it_forked_exits(
         run = instance.get_run_by_id(record.dagster_run_id)
     assert run.status == DagsterRunStatus.SUCCESS
     assert run_worker.is_alive(run_worker.reported_worker(run.run_id, run.tags)) is False
+
+
+def test_the_next_detection_with_a_model_goes_to_a_spare_already_set_up_for_it(
+    tmp_path, datasets, trained_model, monkeypatch
+):
+    monkeypatch.setenv(RUNTIME_DIR_ENV, str(tmp_path / "runtime"))  # a warm worker of its own
+    model = trained_model[1]
+    images = sorted(str(p) for p in (datasets / "unseen" / "images").iterdir())
+    warm_log = socket_path(sys.executable, "cpu").with_suffix(".log")
+
+    def spares() -> list[int]:
+        """The spares the warm worker forked, as its log names them, oldest first."""
+        text = warm_log.read_text() if warm_log.exists() else ""
+        return [int(pid) for pid in re.findall(r"spare (\d+) forked for", text)]
+
+    def detect(name: str, batch_size: int) -> int:
+        """The pid of the child that detected; its outputs in tmp_path/name."""
+        spec = InferSpec(
+            config=model.config,
+            checkpoint=model.checkpoint,
+            images=images,
+            out_dir=str(tmp_path / name),
+            batch_size=batch_size,
+        )
+        (tmp_path / name / DRAWN_DIR).mkdir(parents=True)
+        spec_path = write_spec(spec, tmp_path / f"{name}.json")
+        child = fork_child(sys.executable, "cpu", 60, "infer", spec_path, tmp_path, {})
+        output = child.stdout.read()
+        assert child.wait(timeout=120) == 0, output
+        return child.pid
+
+    first = detect("first", 4)
+    [spare] = wait_until(spares, timeout=30)
+    assert first != spare
+    assert detect("second", 4) == spare  # handed the request
+    assert detections_of(tmp_path / "second") == detections_of(tmp_path / "first")
+
+    # Another batch size is not what the spare set up for: it is dropped, a child forked.
+    [_, next_spare] = wait_until(lambda: len(spares()) == 2 and spares(), timeout=30)
+    third = detect("third", 2)
+    assert third != next_spare and not alive(next_spare)
+    assert_same_detections(detections_of(tmp_path / "first"), detections_of(tmp_path / "third"))
+
+    # A spare does not outlive its warm worker, even one killed outright.
+    last_spare = wait_until(lambda: len(spares()) == 3 and spares()[-1], timeout=30)
+    warm_worker = int(proc_stat(last_spare)[1])
+    os.kill(warm_worker, signal.SIGKILL)
+    wait_until(lambda: not alive(last_spare), timeout=30)

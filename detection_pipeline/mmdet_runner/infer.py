@@ -123,6 +123,15 @@ def _image_result(
     }
 
 
+def warm_up(inferencer: DetInferencer, batch_size: int) -> None:
+    """Detects on one batch of blank images, so that the first batch of real ones finds torch,
+    oneDNN and the data pipeline set up for this process and its number of threads."""
+    blank = np.zeros((WARM_UP_IMAGE_SIZE, WARM_UP_IMAGE_SIZE, 3), np.uint8)
+    inferencer(
+        [blank] * batch_size, batch_size=batch_size, no_save_vis=True, return_datasamples=True
+    )
+
+
 def warm_model(config: str, checkpoint: str, device: str, warm_up_batch: int = 0) -> DetInferencer:
     """The model for these files: loaded once and kept in this process when it runs on the CPU
     (the warm worker loads it before it forks a run's child, which then finds it here). A
@@ -141,13 +150,7 @@ def warm_model(config: str, checkpoint: str, device: str, warm_up_batch: int = 0
             model=config, weights=checkpoint, device="cpu", show_progress=False
         )
         if warm_up_batch:
-            blank = np.zeros((WARM_UP_IMAGE_SIZE, WARM_UP_IMAGE_SIZE, 3), np.uint8)
-            inferencer(
-                [blank] * warm_up_batch,
-                batch_size=warm_up_batch,
-                no_save_vis=True,
-                return_datasamples=True,
-            )
+            warm_up(inferencer, warm_up_batch)
         _warm_models[key] = inferencer
         while len(_warm_models) > WARM_MODELS:
             _warm_models.popitem(last=False)
