@@ -56,7 +56,10 @@ def spare_model(request: dict) -> tuple[str, str, int] | None:
     """What a spare must have set up to take `request` on; None: no spare can."""
     if request["action"] != "infer":
         return None
-    spec = read_spec("infer", request["spec"])
+    try:
+        spec = read_spec("infer", request["spec"])
+    except (OSError, ValueError, TypeError):  # its run's folder is gone already
+        return None
     return (spec.config, spec.checkpoint, spec.batch_size) if spec.device == "cpu" else None
 
 
