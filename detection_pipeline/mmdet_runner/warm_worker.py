@@ -31,6 +31,7 @@ import os
 import signal
 import socket
 import sys
+from typing import NamedTuple
 
 import torch
 
@@ -42,6 +43,29 @@ from .infer import warm_model, warm_up
 from .specs import read_spec
 
 
+class WarmModel(NamedTuple):
+    """A model as a CPU detection finds it warm here: loaded, and set up for its batch size."""
+
+    config: str
+    checkpoint: str
+    batch_size: int
+
+
+def warm_model_of(request: dict) -> WarmModel | None:
+    """The model a request's child finds warm here; None for training, a GPU, or a spec that
+    cannot be read (the child reads it itself and reports why; a run's folder may also be gone
+    by the time its child ends)."""
+    if request["action"] != "infer":
+        return None
+    try:
+        spec = read_spec("infer", request["spec"])
+    except (OSError, ValueError, TypeError):
+        return None
+    return (
+        WarmModel(spec.config, spec.checkpoint, spec.batch_size) if spec.device == "cpu" else None
+    )
+
+
 @dataclasses.dataclass(frozen=True)
 class Spare:
     """A child forked ahead of the next detection with `model`, its setup done, waiting on
@@ -49,18 +73,7 @@ class Spare:
 
     pid: int
     conn: socket.socket
-    model: tuple[str, str, int]  # config, checkpoint, batch size
-
-
-def spare_model(request: dict) -> tuple[str, str, int] | None:
-    """What a spare must have set up to take `request` on; None: no spare can."""
-    if request["action"] != "infer":
-        return None
-    try:
-        spec = read_spec("infer", request["spec"])
-    except (OSError, ValueError, TypeError):  # its run's folder is gone already
-        return None
-    return (spec.config, spec.checkpoint, spec.batch_size) if spec.device == "cpu" else None
+    model: WarmModel
 
 
 class WarmWorker(ForkServer):
@@ -72,12 +85,11 @@ class WarmWorker(ForkServer):
         self.spare: Spare | None = None
 
     def prepare(self, request: dict) -> None:
-        spec = read_spec(request["action"], request["spec"])
-        if request["action"] == "infer" and spec.device == "cpu":
+        if model := warm_model_of(request):
             try:
-                warm_model(spec.config, spec.checkpoint, spec.device, spec.batch_size)
+                warm_model(model.config, model.checkpoint, "cpu", model.batch_size)
             except Exception as error:  # noqa: BLE001 - the child loads it again and reports why
-                print(f"could not load {spec.checkpoint}: {error}", flush=True)
+                print(f"could not load {model.checkpoint}: {error}", flush=True)
 
     def child(self, request: dict, fds: list[int]) -> int:
         """Becomes the fresh child a run worker would have started, writing to the run's pipe."""
@@ -104,7 +116,7 @@ class WarmWorker(ForkServer):
         if spare is None:
             return None
         with spare.conn:
-            if spare_model(request) == spare.model:
+            if warm_model_of(request) == spare.model:
                 with contextlib.suppress(OSError):  # it died: a child is forked instead
                     socket.send_fds(spare.conn, [json.dumps(request).encode()], fds)
                     return spare.pid
@@ -116,17 +128,18 @@ class WarmWorker(ForkServer):
         if self.spare and self.spare.pid == pid:  # it died waiting
             self.spare.conn.close()
             self.spare = None
-        elif request and not self.spare and not self.stopping and (model := spare_model(request)):
+        elif request and not self.spare and not self.stopping and (model := warm_model_of(request)):
             ours, its = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
             pid = self.spawn(lambda: self._wait_as_spare(its, model), ours)
             its.close()
             self.spare = Spare(pid, ours, model)
-            print(f"spare {pid} forked for {model[1]} (batch {model[2]})", flush=True)
+            print(
+                f"spare {pid} forked for {model.checkpoint} (batch {model.batch_size})", flush=True
+            )
 
-    def _wait_as_spare(self, conn: socket.socket, model: tuple[str, str, int]) -> int:
-        config, checkpoint, batch_size = model
+    def _wait_as_spare(self, conn: socket.socket, model: WarmModel) -> int:
         torch.set_num_threads(self.threads)
-        warm_up(warm_model(config, checkpoint, "cpu"), batch_size)
+        warm_up(warm_model(model.config, model.checkpoint, "cpu"), model.batch_size)
         data, fds, _, _ = socket.recv_fds(conn, MESSAGE_BYTES, 4)
         conn.close()
         if not data:  # this server ended before a request came
