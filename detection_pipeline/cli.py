@@ -4,6 +4,7 @@ import contextlib
 import dataclasses
 import datetime as dt
 import json
+import os
 import shutil
 import sys
 import time
@@ -26,7 +27,7 @@ from .instance import dagster_home, use_home, write_instance_config
 from .records import RecordNotFound
 from .records.schema import Kind, RunRecord, Status, utcnow
 from .records.service import RunService
-from .remote import RemoteError, RemoteService
+from .remote import RemoteError, RemoteService, Webserver
 from .settings import Settings, SettingsError
 
 DEFAULT_PORT = 3000
@@ -205,8 +206,9 @@ def with_queue_options(command):
     "--url",
     envvar="DETECTION_PIPELINE_URL",
     help="Work through the Dagster webserver at this URL (its GraphQL API) instead of the local "
-    "home: http://host:3000, or http://user:password@host/prefix behind a proxy. detect, train, "
-    "runs, show, cancel and terminate work this way.",
+    "home: http://host:3000, or https://host/prefix behind a proxy, with the login in ~/.netrc "
+    "or in DETECTION_PIPELINE_URL=https://user:password@host (a password given here shows in "
+    "the process list). detect, train, runs, show, cancel and terminate work this way.",
 )
 @click.pass_context
 def main(ctx, url):
@@ -215,7 +217,19 @@ def main(ctx, url):
     Works on the Dagster home in $DAGSTER_HOME (default ~/.detection_pipeline), or with --url
     on a Dagster webserver elsewhere.
     """
+    # What the product writes (the home, records, run outputs) is its user's alone.
+    os.umask(0o077)
+    if url and Webserver.parse(url).auth and _given_on_command_line(ctx, "url"):
+        click.echo(
+            "warning: the password in --url is visible to every user of this machine in the "
+            "process list; put it in ~/.netrc or DETECTION_PIPELINE_URL instead",
+            err=True,
+        )
     ctx.obj = url
+
+
+def _given_on_command_line(ctx: click.Context, name: str) -> bool:
+    return ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE
 
 
 @main.command()
@@ -575,6 +589,32 @@ def metrics(port, host):
                 time.sleep(3600)
         except KeyboardInterrupt:
             server.shutdown()
+
+
+@main.command("register-model")
+@click.argument("name")
+@click.option(
+    "--config",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    required=True,
+    help="Its MMDetection config: one .py of plain values (as mmengine dumps them).",
+)
+@click.option(
+    "--checkpoint",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    required=True,
+    help="Its weights (.pth), loadable as weights alone.",
+)
+@click.option(
+    "--classes", required=True, help="Its classes in the model's order, comma-separated: dump,tire."
+)
+def register_model(name, config, checkpoint, classes):
+    """Register a model trained elsewhere as the next version of NAME (runs take models from
+    the registry only). Its config must be plain values, not a program, and its checkpoint
+    weights alone: README, "Models trained elsewhere"."""
+    with _service() as service, _user_errors():
+        model = service.register_model(name, config, checkpoint, classes.split(","))
+    click.echo(f"model {model.name}:{model.version} registered ({model.checkpoint})")
 
 
 @main.command("delete-model")

@@ -21,6 +21,7 @@ import os
 import select
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
@@ -37,6 +38,11 @@ START_TIMEOUT_SECONDS = 120
 
 class ForkServerUnavailable(RuntimeError):
     pass
+
+
+class UnsafeRuntimeDir(ForkServerUnavailable):
+    """The runtime folder is not this user's alone: another user could plant its sockets, locks
+    and logs (as links to files of ours). Runs then go on without fork servers, saying why."""
 
 
 def _reply(conn: socket.socket, message: dict) -> None:
@@ -195,14 +201,33 @@ class ForkServer:
 
 
 def runtime_dir() -> Path:
-    """Where the sockets live: DETECTION_PIPELINE_RUNTIME_DIR, else a folder under the temp dir;
-    only this user can open it."""
+    """Where the sockets, locks and logs live: DETECTION_PIPELINE_RUNTIME_DIR, else a folder in
+    the temp dir. Only this user may own and open it, and it is no link: in a shared temp dir
+    another user could have made it first. Raises UnsafeRuntimeDir otherwise."""
     path = Path(
         os.environ.get(RUNTIME_DIR_ENV)
         or Path(tempfile.gettempdir()) / f"detection-pipeline-{os.getuid()}"
     )
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with contextlib.suppress(FileExistsError):
+        path.mkdir(mode=0o700, parents=True)
+    found = path.lstat()
+    if (
+        not stat.S_ISDIR(found.st_mode)
+        or found.st_uid != os.getuid()
+        or stat.S_IMODE(found.st_mode) & 0o077
+    ):
+        kind = "a link" if stat.S_ISLNK(found.st_mode) else f"mode {stat.S_IMODE(found.st_mode):o}"
+        raise UnsafeRuntimeDir(
+            f"the runtime folder {path} is not this user's alone ({kind}, owner uid "
+            f"{found.st_uid}, this user {os.getuid()}): another user may have made it. Remove it "
+            f"(it is remade) or set {RUNTIME_DIR_ENV} to a folder of yours with mode 700"
+        )
     return path
+
+
+def open_private(path: Path, flags: int) -> int:
+    """A file descriptor of the file at `path` (made with mode 600), never through a link."""
+    return os.open(path, flags | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
 
 
 def connect(path: Path) -> socket.socket | None:
@@ -223,12 +248,16 @@ def connect_or_start(
     conn = connect(path)
     if conn:
         return conn
-    with open(path.with_suffix(".lock"), "w") as lock:
+    with open(open_private(path.with_suffix(".lock"), os.O_WRONLY), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         conn = connect(path)
         if conn:
             return conn
-        with log.open("a") if log else contextlib.nullcontext() as output:
+        with (
+            open(open_private(log, os.O_WRONLY | os.O_APPEND), "a")
+            if log
+            else contextlib.nullcontext() as output
+        ):
             server = subprocess.Popen(
                 command,
                 stdin=subprocess.DEVNULL,

@@ -13,6 +13,7 @@ import time
 import urllib.parse
 
 import requests
+import yaml
 from dagster_graphql import DagsterGraphQLClient, DagsterGraphQLClientError
 from gql import Client, gql
 from gql.transport.exceptions import TransportError
@@ -38,7 +39,7 @@ RUNS_QUERY = gql(
       runsOrError(filter: $filter, limit: $limit) {
         __typename
         ... on Runs {
-          results { runId jobName status creationTime startTime runConfig tags { key value } }
+          results { runId jobName status creationTime startTime runConfigYaml tags { key value } }
         }
         ... on PythonError { message }
       }
@@ -124,7 +125,8 @@ def _record(record_id: int, runs: list[dict]) -> RemoteRecord:
         status=status,
         queue=tags.get(run_tags.QUEUE, ""),
         priority=int(tags.get(run_tags.PRIORITY, 0)),
-        model=model_of(params_of(kind, first["runConfig"])),
+        # As YAML, which a run config's NaN (stored before the server refused them) survives.
+        model=model_of(params_of(kind, yaml.safe_load(first["runConfigYaml"]) or {})),
         created_at=dt.datetime.fromtimestamp(first["creationTime"], dt.UTC),
         dagster_run_ids=[run["runId"] for run in runs],
         error=tags.get(run_tags.ERROR) or (TERMINATED if terminated else None),
@@ -141,7 +143,8 @@ def _record(record_id: int, runs: list[dict]) -> RemoteRecord:
 @dataclasses.dataclass(frozen=True)
 class Webserver:
     """A webserver URL taken apart: user and password (as behind an authenticating proxy,
-    http://user:password@host/prefix) go into the requests, never into messages."""
+    http://user:password@host/prefix) go into the requests, never into messages. Without them
+    requests takes the login for the host from ~/.netrc (or the file $NETRC names)."""
 
     url: str  # without the user and password
     auth: requests.auth.HTTPBasicAuth | None

@@ -243,6 +243,24 @@ def many_images(datasets) -> Path:
     return datasets / "many" / "images"
 
 
+# How far back `bait` puts a file's access time.
+BAIT_SECONDS = 1000
+
+
+def bait(path: Path) -> Path:
+    """`path`, its access time put well before its modification time: on a `relatime` mount (the
+    default) the next read of the file moves it, which `was_read` sees."""
+    info = path.stat()
+    os.utime(path, (info.st_mtime - BAIT_SECONDS, info.st_mtime))
+    return path
+
+
+def was_read(path: Path) -> bool:
+    """Whether the file at `path` was read since `bait(path)`."""
+    info = path.stat()
+    return info.st_atime > info.st_mtime - BAIT_SECONDS / 2
+
+
 def wait_until(condition, timeout: float = 60, poll: float = 0.5, state=None):
     """condition()'s first true value; `state()`, when given, says what was there instead."""
     deadline = time.monotonic() + timeout

@@ -3,6 +3,7 @@ fails the same way, writes and deletes nothing outside its own folder."""
 
 import json
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -19,7 +20,15 @@ from detection_pipeline.errors import InputError
 from detection_pipeline.records import record_store
 from detection_pipeline.records.service import RunService
 
-from .conftest import detect_config, execute_job, make_home, register_as, train_config
+from .conftest import (
+    bait,
+    detect_config,
+    execute_job,
+    make_home,
+    register_as,
+    train_config,
+    was_read,
+)
 
 
 @pytest.fixture
@@ -41,6 +50,9 @@ def world(tmp_path, trained_model):
     (outside / "secret.png").write_bytes((Path(__file__).parent / "conftest.py").read_bytes())
     (outside / "zones.geojson").write_text('{"type": "Polygon", "coordinates": []}')
     os.symlink(outside, data / "link-to-outside")
+    # A folder inside the data roots holding a link to a file outside them.
+    (data / "mixed").mkdir()
+    os.symlink(outside / "secret.png", data / "mixed" / "passwd.png")
     model = trained_model[1]
     shutil.copy(model.config, data / "config.py")
     shutil.copy(model.checkpoint, data / "model.pth")
@@ -90,12 +102,28 @@ DETECTION_CASES = {
         "outside the allowed data folders",
     ),
     "missing checkpoint": (
-        {
-            "images": ["{data}/good"],
-            "model_config_path": "{data}/config.py",
-            "checkpoint_path": "{data}/gone.pth",
-        },
-        "checkpoint file of model gone.pth is missing",
+        {"images": ["{data}/good"], "model": "gone"},
+        "checkpoint file of model gone:1 is missing",
+    ),
+    "a config file instead of a registered model": (
+        {"images": ["{data}/good"], "model_config_path": "{data}/config.py"},
+        "model_config_path: Extra inputs are not permitted",
+    ),
+    "a link out of the data roots inside a folder": (
+        {"images": ["{data}/mixed"], "model": "tiny"},
+        "image {data}/mixed/passwd.png is outside the allowed data folders",
+    ),
+    "a NUL character in a path": (
+        {"images": ["{data}/good\u0000/x.png"], "model": "tiny"},
+        "holds a NUL character",
+    ),
+    "a model version beyond any": (
+        {"images": ["{data}/good"], "model": "tiny:99999999999999999999999"},
+        "the version after ':' must be a number",
+    ),
+    "a NaN threshold": (
+        {"images": ["{data}/good"], "model": "tiny", "score_threshold": float("nan")},
+        "score_threshold",
     ),
     "bad device": ({"images": ["{data}/good"], "model": "tiny", "device": "gpu0"}, "device"),
     "../ out of the data roots": (
@@ -118,7 +146,11 @@ DETECTION_CASES = {
 }
 
 
-def _fill(params: dict, settings, outside) -> dict:
+# Refused by the run config's check (or Dagster's) before a run could start with them.
+CONFIG_CASES = {"bad device", "a config file instead of a registered model", "a NaN threshold"}
+
+
+def _fill(params, settings, outside):
     text = (
         json.dumps(params)
         .replace("{data}", str(settings.data_dir))
@@ -132,17 +164,18 @@ def test_bad_detection_input_is_refused_and_fails_the_run(world, trained_model, 
     settings, outside = world
     shutil.copytree(datasets / "unseen" / "images", settings.data_dir / "good", dirs_exist_ok=True)
     params, message = DETECTION_CASES[case]
-    params = _fill(params, settings, outside)
+    params, message = _fill(params, settings, outside), _fill(message, settings, outside)
     model = trained_model[1]
     with instance_for_test(temp_dir=str(settings.home)) as instance:
         service = RunService(instance, settings)
         register_as(service.store, "tiny", model)
-        with pytest.raises(InputError, match=message):
+        register_as(service.store, "gone", model, checkpoint=str(settings.data_dir / "gone.pth"))
+        with pytest.raises(InputError, match=re.escape(message)):
             service.submit("detection", params)
         assert service.store.list_runs() == []  # a refused submission leaves no record
 
-        if case == "bad device":
-            return  # Dagster's config check refuses it before any op runs
+        if case in CONFIG_CASES:
+            return  # refused before any run is stored (test_security.py), else by Dagster
         before = files_outside_the_run(settings)
         result = execute_job(
             settings,
@@ -192,6 +225,40 @@ def test_broken_coco_is_refused_with_every_problem_named(world, datasets):
     assert files_outside_the_run(settings) == before
 
 
+def test_a_coco_dataset_names_no_image_outside_its_folder(world, datasets):
+    """Absolute and `..` file names are refused, and a link in images/ is followed before the
+    check: no file outside the data roots is opened, neither on submission nor by the run."""
+    settings, outside = world
+    dataset = settings.data_dir / "escape"
+    shutil.copytree(datasets / "train", dataset)
+    secret = outside / "photo.png"
+    shutil.copy(next((datasets / "train" / "images").iterdir()), secret)
+    os.symlink(secret, dataset / "images" / "linked.png")
+    climbing = os.path.relpath(secret, dataset / "images")
+    coco = json.loads((dataset / "annotations.json").read_text())
+    for image, name in zip(coco["images"], [str(secret), climbing, "linked.png"], strict=False):
+        image["file_name"] = name
+    (dataset / "annotations.json").write_text(json.dumps(coco))
+    bait(secret)
+    with instance_for_test(temp_dir=str(settings.home)) as instance:
+        with pytest.raises(InputError) as refused:
+            RunService(instance, settings).submit(
+                "training", {"dataset": str(dataset), "name": "m"}
+            )
+        result = execute_job(
+            settings, "train", train_config(dataset, "m"), instance, raise_on_error=False
+        )
+        [record] = record_store(instance).list_runs()
+    assert not result.success and record.status == "error"
+    for problem in (
+        f"image {secret} is not a name inside",
+        f"image {climbing} is not a name inside",
+        "linked.png is outside the allowed data folders",
+    ):
+        assert problem in str(refused.value) and problem in record.error
+    assert not was_read(secret)
+
+
 @pytest.mark.parametrize(
     "params, message",
     [
@@ -206,14 +273,11 @@ def test_broken_coco_is_refused_with_every_problem_named(world, datasets):
             "unknown model 'nosuch'",
         ),
         (
-            {
-                "dataset": "{data}/empty",
-                "name": "m",
-                "base_config_path": "{outside}/secret.png",
-                "base_checkpoint_path": "{data}/model.pth",
-            },
-            "model config .* is outside the allowed data folders",
+            {"dataset": "{data}/empty", "name": "m", "base_config_path": "{data}/config.py"},
+            "base_config_path: Extra inputs are not permitted",
         ),
+        ({"dataset": "{data}/empty", "name": "m", "epochs": 10**30}, "epochs"),
+        ({"dataset": "{data}/empty", "name": "m", "learning_rate": float("inf")}, "learning_rate"),
         (
             {"dataset": "{data}/empty", "name": "m", "val_fraction": 0.5, "test_fraction": 0.5},
             "leave no images for training",

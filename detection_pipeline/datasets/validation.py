@@ -23,7 +23,11 @@ FILE_CLOCK_SLACK_SECONDS = 1.0
 
 
 def confine(path: str | Path, roots: tuple[Path, ...], what: str) -> Path:
-    """The real path of `path` (symlinks resolved), refused unless it lies below one of `roots`."""
+    """The real path of `path` (symlinks resolved), refused unless it lies below one of `roots`.
+    Every file a run reads passes here before it is opened: a folder's files one by one too,
+    since a folder inside the roots may hold links out of them."""
+    if "\0" in str(path):
+        raise InputError(f"{what} {str(path)!r} holds a NUL character: no file has such a name")
     real = Path(path).expanduser().resolve()
     if not any(real.is_relative_to(root) for root in roots):
         allowed = ", ".join(str(root) for root in roots)
@@ -71,7 +75,11 @@ def find_images(
     for given in paths:
         path = confine(given, roots, "image path")
         if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            found = sorted(
+                confine(p, roots, "image")
+                for p in path.iterdir()
+                if p.suffix.lower() in IMAGE_SUFFIXES
+            )
             if not found:
                 raise InputError(
                     f"folder {given} has no images ({', '.join(IMAGE_SUFFIXES)}); "
@@ -100,7 +108,24 @@ def find_images(
     return images
 
 
-def _coco_problems(coco: dict, images_dir: Path) -> list[str]:
+def _image_file_problem(file_name, images_dir: Path, roots: tuple[Path, ...]) -> str | None:
+    """What is wrong with a COCO image's `file_name`: it must name a file below `images_dir`
+    (no absolute name, no `..`) whose real path lies in the data folders."""
+    if not isinstance(file_name, str) or not file_name:
+        return f"image file_name {file_name!r} is not a file name"
+    name = Path(file_name)
+    if name.is_absolute() or ".." in name.parts:
+        return f"image {file_name} is not a name inside {images_dir} (no absolute path or '..')"
+    try:
+        path = confine(images_dir / name, roots, "image")
+    except InputError as error:
+        return str(error).split(";")[0]
+    if not path.is_file():
+        return f"image {file_name} is missing from {images_dir}"
+    return None
+
+
+def _coco_problems(coco: dict, images_dir: Path, roots: tuple[Path, ...]) -> list[str]:
     problems = []
     image_ids = {image["id"] for image in coco.get("images", [])}
     category_ids = {category["id"] for category in coco.get("categories", [])}
@@ -109,8 +134,8 @@ def _coco_problems(coco: dict, images_dir: Path) -> list[str]:
     if not category_ids:
         problems.append("it lists no categories")
     for image in coco.get("images", []):
-        if not (images_dir / image["file_name"]).is_file():
-            problems.append(f"image {image['file_name']} is missing from {images_dir}")
+        if problem := _image_file_problem(image.get("file_name"), images_dir, roots):
+            problems.append(problem)
     for annotation in coco.get("annotations", []):
         if annotation.get("image_id") not in image_ids:
             problems.append(
@@ -126,13 +151,17 @@ def _coco_problems(coco: dict, images_dir: Path) -> list[str]:
     return problems
 
 
-def load_coco(path: Path, images_dir: Path) -> dict:
-    """A COCO annotations file whose images, categories and boxes all check out."""
+def load_coco(path: Path, images_dir: Path, roots: tuple[Path, ...]) -> dict:
+    """A COCO annotations file whose images, categories and boxes all check out, every image
+    inside `images_dir` and the data folders `roots`."""
+    path = confine(path, roots, "COCO annotations")
     try:
         coco = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as error:
         raise InputError(f"cannot read COCO annotations {path}: {error}") from error
-    problems = _coco_problems(coco, images_dir)
+    if not isinstance(coco, dict):
+        raise InputError(f"COCO file {path} holds no JSON object; fix it and submit again")
+    problems = _coco_problems(coco, images_dir, roots)
     if problems:
         more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
         raise InputError(

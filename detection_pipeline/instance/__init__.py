@@ -21,7 +21,7 @@ def dagster_home() -> Path:
 def use_home(home: Path) -> Path:
     """Makes `home` the DAGSTER_HOME of this process and of every process it starts."""
     home = Path(home).expanduser().resolve()
-    home.mkdir(parents=True, exist_ok=True)
+    home.mkdir(mode=0o700, parents=True, exist_ok=True)  # records and outputs: the user's alone
     os.environ["DAGSTER_HOME"] = str(home)
     return home
 

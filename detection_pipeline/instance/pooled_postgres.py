@@ -21,6 +21,7 @@ from dagster_postgres.utils import (
 )
 
 from ..forked_engines import renewed_in_forks
+from .checked_runs import check_new_runs
 from .schema_checks import RUN_STORAGE_CHECKS, SCHEDULE_STORAGE_CHECKS, remember_schema
 
 # Per storage (runs, events, schedules) and process. The daemon's threads (queue, sensors, run
@@ -54,6 +55,7 @@ class PooledPostgresStorage(DagsterPostgresStorage):
             storage._engine = pooled_engine(postgres_url, storage._token_provider)
             old.dispose()
         remember_schema(self._run_storage, RUN_STORAGE_CHECKS)
+        check_new_runs(self._run_storage)
         remember_schema(self._schedule_storage, SCHEDULE_STORAGE_CHECKS)
 
     @classmethod

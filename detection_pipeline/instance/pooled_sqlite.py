@@ -39,6 +39,7 @@ from dagster._serdes import ConfigurableClassData
 from dagster.version import __version__ as DAGSTER_VERSION
 
 from ..forked_engines import renewed_in_forks
+from .checked_runs import check_new_runs
 from .schema_checks import RUN_STORAGE_CHECKS, SCHEDULE_STORAGE_CHECKS, remember_schema
 
 # Per database file. A run's own event database is one file: the daemon and the webserver
@@ -147,6 +148,7 @@ class PooledSqliteStorage(DagsterSqliteStorage):
             _schedule_directory(base_dir)
         )
         remember_schema(self._run_storage, RUN_STORAGE_CHECKS)
+        check_new_runs(self._run_storage)
         remember_schema(self._schedule_storage, SCHEDULE_STORAGE_CHECKS)
         self._inst_data = inst_data
         super(DagsterSqliteStorage, self).__init__()

@@ -8,7 +8,6 @@ import shutil
 from pathlib import Path
 
 from dagster import (
-    Config,
     MetadataValue,
     OpExecutionContext,
     Out,
@@ -23,13 +22,14 @@ from ..detections import COCO_RESULTS_FILE, DETECTIONS_FILE, GEOJSON_DIR
 from ..ignore_zones import read_ignore_zones
 from ..mmdet_runner.specs import DRAWN_DIR, InferSpec
 from ..models import ModelFiles, resolve_model
+from ..params import MAX_BATCH_SIZE, MAX_IMAGE_SIZE, RunParams
 from ..records import RecordStore, record_store
 from ..records.schema import Kind
 from ..resources import MMDetRunner, RunFolders
 from .record_lifecycle import bad_input_fails_the_run, cleanup, inputs_checked_at, start_record
 
 
-class DetectConfig(Config):
+class DetectConfig(RunParams):
     images: list[str] = Field(
         description="Image files or folders of images (jpg, png, tif), inside the allowed data folders."
     )
@@ -39,10 +39,6 @@ class DetectConfig(Config):
         "the assets models/NAME in the Catalog (each version with its bbox mAP), and "
         "`detection-pipeline models` lists them.",
     )
-    model_config_path: str = Field(
-        default="", description="Instead of `model`: an MMDetection config file …"
-    )
-    checkpoint_path: str = Field(default="", description="… and its checkpoint (.pth).")
     score_threshold: float = Field(
         default=0.3,
         ge=0.0,
@@ -54,11 +50,15 @@ class DetectConfig(Config):
         default="cpu", pattern=r"^(cpu|cuda(:\d+)?)$", description="`cpu`, `cuda` or `cuda:N`."
     )
     batch_size: int = Field(
-        default=4, ge=1, description="Patches (or small images) per inference batch."
+        default=4,
+        ge=1,
+        le=MAX_BATCH_SIZE,
+        description="Patches (or small images) per inference batch.",
     )
     patch_size: int = Field(
         default=1280,
         ge=32,
+        le=MAX_IMAGE_SIZE,
         description="Images larger than this many pixels a side are cut into patches this size.",
     )
     patch_overlap: float = Field(
@@ -113,9 +113,7 @@ def check_detection_inputs(
     Images unchanged since `checked_at` (when an earlier check passed) are not read again.
 
     Submission checks the same."""
-    model = resolve_model(
-        store, roots, config.model, config.model_config_path, config.checkpoint_path
-    )
+    model = resolve_model(store, config.model)
     zones = None
     if config.ignore_zones:
         zones = confine(config.ignore_zones, roots, "ignore zones file")

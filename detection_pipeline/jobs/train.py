@@ -3,13 +3,11 @@
 import base64
 import dataclasses
 import json
-import re
 import shutil
 from pathlib import Path
 
 from dagster import (
     AssetMaterialization,
-    Config,
     MetadataValue,
     OpExecutionContext,
     Out,
@@ -30,18 +28,18 @@ from ..mmdet_runner.specs import (
     TINY_CONFIG,
     TrainSpec,
 )
-from ..models import ModelFiles, model_asset_key, resolve_model
+from ..models import ModelFiles, check_model_name, model_asset_key, resolve_model
+from ..params import MAX_BATCH_SIZE, MAX_EPOCHS, MAX_IMAGE_SIZE, MAX_SEED, RunParams
 from ..records import RecordStore, record_store
 from ..records.schema import Kind
 from ..resources import MMDetRunner, RunFolders
 from .record_lifecycle import bad_input_fails_the_run, cleanup, start_record
 from .training_curve import draw_training_curve
 
-MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 CURVE_FILE = "training_curve.png"
 
 
-class TrainConfig(Config):
+class TrainConfig(RunParams):
     dataset: str = Field(
         description="A dataset folder: annotations.json (COCO) and images/; split 70/20/10 "
         "into train/val/test unless it holds val.json (and optionally test.json) already."
@@ -55,12 +53,6 @@ class TrainConfig(Config):
         "training from scratch. Registered models are the assets models/NAME in the Catalog; "
         "`detection-pipeline models` lists them too.",
     )
-    base_config_path: str = Field(
-        default="", description="Or fine-tune from an MMDetection config file …"
-    )
-    base_checkpoint_path: str = Field(
-        default="", description="… and its checkpoint (.pth), loaded with `load_from`."
-    )
     frozen_stages: int | None = Field(
         default=None,
         ge=-1,
@@ -68,16 +60,18 @@ class TrainConfig(Config):
         description="Backbone stages not trained: -1 none, 0 the stem, N the stem and stages "
         "1..N. Empty: what the base config says (-1 for the tiny default).",
     )
-    epochs: int = Field(default=30, ge=1, description="Training epochs.")
+    epochs: int = Field(default=30, ge=1, le=MAX_EPOCHS, description="Training epochs.")
     learning_rate: float | None = Field(
         default=None,
         gt=0,
         description="Learning rate of the base config's optimizer. Empty: its own rate "
         "(AdamW 0.001 for the tiny default), a tenth of it when fine-tuning.",
     )
-    batch_size: int = Field(default=4, ge=1, description="Images per training batch.")
+    batch_size: int = Field(
+        default=4, ge=1, le=MAX_BATCH_SIZE, description="Images per training batch."
+    )
     image_size: int = Field(
-        default=128, ge=32, description="Images are resized to fit this square."
+        default=128, ge=32, le=MAX_IMAGE_SIZE, description="Images are resized to fit this square."
     )
     val_fraction: float = Field(
         default=0.2,
@@ -93,7 +87,9 @@ class TrainConfig(Config):
         description="Share of images for the test metrics after training, when the dataset "
         "has no val.json.",
     )
-    seed: int = Field(default=0, description="Seed of the split and of training.")
+    seed: int = Field(
+        default=0, ge=0, le=MAX_SEED, description="Seed of the split and of training."
+    )
     device: str = Field(
         default="cpu", pattern=r"^(cpu|cuda(:\d+)?)$", description="`cpu`, `cuda` or `cuda:N`."
     )
@@ -122,35 +118,24 @@ class TrainingPlan:
         return Path(self.spec.work_dir)
 
 
-def _base_model(config: TrainConfig, store: RecordStore, roots: tuple[Path, ...]):
-    if not (config.base_model or config.base_config_path or config.base_checkpoint_path):
-        return None
-    return resolve_model(
-        store, roots, config.base_model, config.base_config_path, config.base_checkpoint_path
-    )
-
-
 def check_training_inputs(
     config: TrainConfig, store: RecordStore, roots: tuple[Path, ...]
 ) -> TrainingInputs:
     """The dataset, split as training will use it, and the base model; raises InputError.
 
     Submission checks the same."""
-    if not MODEL_NAME.match(config.name):
-        raise InputError(
-            f"model name {config.name!r} is not allowed: use letters, digits, '_', '-', '.' (64 at most)"
-        )
+    check_model_name(config.name)
     if config.val_fraction + config.test_fraction >= 1:
         raise InputError(
             f"val_fraction {config.val_fraction} and test_fraction {config.test_fraction} leave "
             "no images for training: make their sum less than 1"
         )
-    base = _base_model(config, store, roots)
+    base = resolve_model(store, config.base_model) if config.base_model else None
     files = dataset_files(config.dataset, roots)
-    coco = load_coco(files.annotations, files.images_dir)
+    coco = load_coco(files.annotations, files.images_dir, roots)
     if files.val:
-        train, val = coco, load_coco(files.val, files.images_dir)
-        test = load_coco(files.test, files.images_dir) if files.test else None
+        train, val = coco, load_coco(files.val, files.images_dir, roots)
+        test = load_coco(files.test, files.images_dir, roots) if files.test else None
     else:
         train, val, test = split_coco(coco, config.val_fraction, config.test_fraction, config.seed)
     classes = [c["name"] for c in sorted(coco["categories"], key=lambda category: category["id"])]

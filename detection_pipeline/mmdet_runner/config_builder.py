@@ -2,6 +2,7 @@
 
 from mmengine.config import Config
 
+from .safe_config import check_config
 from .specs import BEST_METRIC, TrainSpec
 
 FINE_TUNING_RATE_FACTOR = 0.1
@@ -78,7 +79,7 @@ def build_train_config(spec: TrainSpec) -> Config:
 
     A base model's weights come in through `load_from`; heads whose shape changes with the
     number of classes start fresh (mmengine loads what fits and names the rest in the log)."""
-    cfg = Config.fromfile(spec.base_config)
+    cfg = Config.fromfile(check_config(spec.base_config))
     train_pipeline, test_pipeline = _pipelines(spec.image_size)
     cfg.model.bbox_head.num_classes = len(spec.classes)
     if spec.frozen_stages is not None:

@@ -24,6 +24,7 @@ from ..detections import split_by_score, write_outputs
 from ..ignore_zones import IgnoreZones, flag_ignored, read_ignore_zones
 from .drawing import DRAWN_SUFFIX, draw_detections
 from .large_image import Overview, Patch, iter_patches, patch_windows
+from .safe_config import check_config
 from .specs import DRAWN_DIR, InferSpec
 
 PROGRESS_SECONDS = 5.0
@@ -132,6 +133,12 @@ def warm_up(inferencer: DetInferencer, batch_size: int) -> None:
     )
 
 
+def _load_model(config: str, checkpoint: str, device: str) -> DetInferencer:
+    """The model, once its config is found to be data (mmengine executes it)."""
+    check_config(config)
+    return DetInferencer(model=config, weights=checkpoint, device=device, show_progress=False)
+
+
 def warm_model(config: str, checkpoint: str, device: str, warm_up_batch: int = 0) -> DetInferencer:
     """The model for these files: loaded once and kept in this process when it runs on the CPU
     (the warm worker loads it before it forks a run's child, which then finds it here). A
@@ -142,13 +149,11 @@ def warm_model(config: str, checkpoint: str, device: str, warm_up_batch: int = 0
     A file replaced under the same name is loaded again; on a GPU every call loads (a model on
     a GPU cannot be handed to a forked child)."""
     if device != "cpu":
-        return DetInferencer(model=config, weights=checkpoint, device=device, show_progress=False)
+        return _load_model(config, checkpoint, device)
     files = (config, checkpoint)
     key = tuple((path, (stat := os.stat(path)).st_mtime_ns, stat.st_size) for path in files)
     if key not in _warm_models:
-        inferencer = DetInferencer(
-            model=config, weights=checkpoint, device="cpu", show_progress=False
-        )
+        inferencer = _load_model(config, checkpoint, "cpu")
         if warm_up_batch:
             warm_up(inferencer, warm_up_batch)
         _warm_models[key] = inferencer

@@ -8,13 +8,22 @@ import contextlib
 import dataclasses
 import datetime as dt
 import json
+import shutil
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pydantic
-from dagster import DagsterEventType, DagsterInstance, DagsterRun, DagsterRunStatus, RunsFilter
+from dagster import (
+    AssetMaterialization,
+    DagsterEventType,
+    DagsterInstance,
+    DagsterRun,
+    DagsterRunStatus,
+    RunsFilter,
+)
 
 from .. import run_tags
 from ..dagster_services import DEFINITIONS_MODULE
@@ -23,7 +32,9 @@ from ..errors import InputError, NotAllowed, validation_problems
 from ..jobs.child_process import close_abandoned_log
 from ..jobs.detect import DetectConfig, check_detection_inputs
 from ..jobs.train import TrainConfig, check_training_inputs
-from ..models import model_asset_key
+from ..mmdet_runner.safe_config import check_config
+from ..mmdet_runner.specs import CHECKPOINT_FILE, CONFIG_FILE
+from ..models import check_model_name, model_asset_key
 from ..settings import QUEUE_OF_KIND, Settings
 from . import record_store
 from .adoption import adopt_run
@@ -370,6 +381,35 @@ class RunService:
         remove_model_folder(self.settings.models_dir, name)
         self.instance.wipe_assets([model_asset_key(name)])
         return versions
+
+    def register_model(self, name: str, config: Path, checkpoint: Path, classes: list[str]):
+        """Registers a model trained elsewhere as the next version of `name`: copies of its
+        config, once it is found to be data (mmengine executes configs), and of its checkpoint,
+        once torch loads it as weights alone (a pickle could run code). Raises InputError."""
+        from ..mmdet_runner.checkpoints import check_checkpoint
+
+        check_model_name(name)
+        if not classes or not all(classes):
+            raise InputError("name the model's classes, in its order: --classes dump,tire")
+        check_config(config)
+        check_checkpoint(checkpoint)
+        folder = self.settings.models_dir / name / f"registered-{uuid.uuid4().hex[:12]}"
+        folder.mkdir(parents=True)
+        model = self.store.register_model(
+            name,
+            classes=classes,
+            config=str(shutil.copy(config, folder / CONFIG_FILE)),
+            checkpoint=str(shutil.copy(checkpoint, folder / CHECKPOINT_FILE)),
+            metrics={"registered_from": str(checkpoint)},
+        )
+        self.instance.report_runless_asset_event(
+            AssetMaterialization(
+                asset_key=model_asset_key(name),
+                description=f"registered from {checkpoint}",
+                metadata={"version": model.version, "classes": ", ".join(classes)},
+            )
+        )
+        return model
 
     def get_run(self, record_id: int) -> RunRecord:
         """The record, brought in line with its Dagster run first."""
