@@ -20,6 +20,7 @@ from .process_group import kill_process_group
 # The code server loads this module, and Dagster names the code location after it; runs
 # created in other processes must name the same location for the daemon to launch them.
 DEFINITIONS_MODULE = "detection_pipeline.definitions"
+WEBSERVER_MODULE = "detection_pipeline.instance.webserver"
 HEARTBEAT_FRESH_SECONDS = 30
 DAEMON_START_TIMEOUT_SECONDS = 120
 STOP_GRACE_SECONDS = 15
@@ -128,7 +129,10 @@ def serve(instance: DagsterInstance, daemon: bool, webserver: list[str] | None) 
         if daemon:
             commands.append(dagster_command("dagster-daemon", "run", "-w", str(workspace)))
         if webserver is not None:
-            commands.append(dagster_command("dagster-webserver", "-w", str(workspace), *webserver))
+            # Dagster's webserver, refusing cross-site requests (instance/webserver.py).
+            commands.append(
+                [sys.executable, "-m", WEBSERVER_MODULE, "-w", str(workspace), *webserver]
+            )
         # In this process group: whoever stops the group (Ctrl-C, stop_service) stops them too.
         services = [subprocess.Popen(command) for command in commands]
         try:
