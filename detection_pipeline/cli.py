@@ -8,6 +8,7 @@ import os
 import shutil
 import sys
 import time
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,7 +28,7 @@ from .instance import dagster_home, use_home, write_instance_config
 from .records import RecordNotFound
 from .records.schema import Kind, RunRecord, Status, utcnow
 from .records.service import RunService
-from .remote import RemoteError, RemoteService, Webserver
+from .remote import RemoteError, RemoteService
 from .settings import Settings, SettingsError
 
 DEFAULT_PORT = 3000
@@ -219,7 +220,7 @@ def main(ctx, url):
     """
     # What the product writes (the home, records, run outputs) is its user's alone.
     os.umask(0o077)
-    if url and Webserver.parse(url).auth and _given_on_command_line(ctx, "url"):
+    if url and urllib.parse.urlsplit(url).password and _given_on_command_line(ctx, "url"):
         click.echo(
             "warning: the password in --url is visible to every user of this machine in the "
             "process list; put it in ~/.netrc or DETECTION_PIPELINE_URL instead",

@@ -154,13 +154,16 @@ class Webserver:
         parts = urllib.parse.urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise RemoteError("--url must be a webserver's URL, like http://127.0.0.1:3000")
-        auth = None
-        if parts.username:
-            auth = requests.auth.HTTPBasicAuth(
-                urllib.parse.unquote(parts.username), urllib.parse.unquote(parts.password or "")
-            )
         host = parts.hostname + (f":{parts.port}" if parts.port else "")
-        return cls(parts._replace(netloc=host).geturl().rstrip("/"), auth)
+        url = parts._replace(netloc=host).geturl().rstrip("/")
+        if parts.username:
+            login = (
+                urllib.parse.unquote(parts.username),
+                urllib.parse.unquote(parts.password or ""),
+            )
+        else:
+            login = requests.utils.get_netrc_auth(url)
+        return cls(url, requests.auth.HTTPBasicAuth(*login) if login else None)
 
     def client(self) -> DagsterGraphQLClient:
         parts = urllib.parse.urlsplit(self.url)
