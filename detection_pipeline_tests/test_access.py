@@ -184,7 +184,7 @@ def test_the_proxy_lets_administrators_drive_and_viewers_only_watch(served, tmp_
         run_id = client.submit_job_execution("detect", run_config=detect_config(images, "dumps"))
         # the login from ~/.netrc (here the file $NETRC names), not on the command line
         netrc = tmp_path / "netrc"
-        netrc.write_text(f"machine 127.0.0.1 login {admin[0]} password {admin[1]}\n")
+        netrc.write_text(f'machine 127.0.0.1 login {admin[0]} password "{admin[1]}"\n')
         netrc.chmod(0o600)
         monkeypatch.setenv("NETRC", str(netrc))
         remote = cli(

@@ -17,6 +17,7 @@ from detection_pipeline import run_tags
 from detection_pipeline.datasets.synthetic import make_large_image
 from detection_pipeline.datasets.validation import find_images
 from detection_pipeline.errors import InputError
+from detection_pipeline.jobs.record_lifecycle import NOT_RETRIED_BAD_INPUT
 from detection_pipeline.records import record_store
 from detection_pipeline.records.service import RunService
 
@@ -188,6 +189,7 @@ def test_bad_detection_input_is_refused_and_fails_the_run(world, trained_model, 
         [record] = record_store(instance).list_runs()
     assert record.status == "error"
     assert message in record.error
+    assert record.not_retried == NOT_RETRIED_BAD_INPUT  # waiting does not make it better
     assert files_outside_the_run(settings) == before
     assert not (Path(record.output_dir) / "staging").exists()
 
