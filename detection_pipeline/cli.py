@@ -612,7 +612,7 @@ def metrics(port, host):
 def register_model(name, config, checkpoint, classes):
     """Register a model trained elsewhere as the next version of NAME (runs take models from
     the registry only). Its config must be plain values, not a program, and its checkpoint
-    weights alone: README, "Models trained elsewhere"."""
+    weights alone (docs/security.md says how to get there)."""
     with _service() as service, _user_errors():
         model = service.register_model(name, config, checkpoint, classes.split(","))
     click.echo(f"model {model.name}:{model.version} registered ({model.checkpoint})")

@@ -46,7 +46,9 @@ def check_run_config(job_name: str, run_config: dict) -> None:
     from .records.service import JOBS, KIND_OF_JOB, parse_params
 
     if _non_finite(run_config):
-        raise InputError("a number in the run config is not finite (NaN or infinity): give one")
+        raise InputError(
+            "a number in the run config is not finite (NaN or infinity): give a finite one"
+        )
     kind = KIND_OF_JOB.get(job_name)
     if kind is None:
         return  # not one of this product's jobs

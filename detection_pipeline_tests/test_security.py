@@ -461,3 +461,20 @@ def test_the_home_and_what_it_holds_are_the_users_alone(tmp_path, monkeypatch):
         assert path.stat().st_mode & 0o077 == 0, path
     for path in (home / "dagster.yaml", home / "detection_pipeline.yaml"):
         assert path.stat().st_mode & 0o077 == 0, path
+
+
+def test_register_model_from_the_command_line(tmp_path, trained_model, monkeypatch):
+    _, model = trained_model
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))
+    evil = tmp_path / "evil.py"
+    evil.write_text(EVIL_CONFIG.format(marker=tmp_path / "ran"))
+    options = ["--checkpoint", model.checkpoint, "--classes", "rectangle"]
+    refused = cli("register-model", "evil", "--config", str(evil), *options)
+    assert refused.returncode == 1 and "line 3" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    registered = cli("register-model", "flat", "--config", model.config, *options)
+    assert registered.returncode == 0, registered.stderr
+    listed = cli("models", "--json")
+    [entry] = json.loads(listed.stdout)
+    assert (entry["name"], entry["version"], entry["classes"]) == ("flat", 1, ["rectangle"])
+    assert not (tmp_path / "ran").exists()
