@@ -147,26 +147,25 @@ def websocket_handshake(
 
 
 @contextlib.contextmanager
-def proxied(served, folder: Path, monkeypatch) -> Iterator[tuple[str, Proxy]]:
-    """The served home's admin webserver and a read-only one at /view behind the shipped proxy:
-    (the viewers' webserver URL, the proxy). Clients here and the CLI trust its certificate."""
+def proxied(served, folder: Path, monkeypatch) -> Iterator[Proxy]:
+    """The served home's admin webserver and a read-only one at /view behind the shipped proxy.
+    Clients here and the CLI trust its certificate."""
     queue, admin_url = served
     with (
         serving(queue.settings, read_only=True, path_prefix="/view") as viewer_url,
         nginx(folder, admin_url, viewer_url) as proxy,
     ):
         monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(proxy.certificate))
-        yield viewer_url, proxy
+        yield proxy
 
 
 @pytest.mark.parametrize("open_queue", ["sqlite"], indirect=True)
 def test_the_proxy_lets_administrators_drive_and_viewers_only_watch(served, tmp_path, monkeypatch):
     queue, _ = served
     admin, viewer = USERS["admins"], USERS["viewers"]
-    with proxied(served, tmp_path / "nginx", monkeypatch) as (_, proxy):
-        port, cafile = proxy.port, proxy.certificate
+    with proxied(served, tmp_path / "nginx", monkeypatch) as proxied_by:
+        proxy, port, cafile = proxied_by.url, proxied_by.port, proxied_by.certificate
         # nobody gets in without a login, nor with a wrong one, nor a viewer as administrator
-        proxy = proxy.url
         assert requests.get(f"{proxy}/", timeout=10).status_code == 401
         assert requests.get(f"{proxy}/", auth=(admin[0], "wrong"), timeout=10).status_code == 401
         assert requests.get(f"{proxy}/", auth=viewer, timeout=10).status_code == 401

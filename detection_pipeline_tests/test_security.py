@@ -73,8 +73,8 @@ def _graphql(url: str, query: str, auth=None) -> dict:
 
 
 def _forged_requests(mutation: str) -> dict[str, dict]:
-    """Each shape of request that got `mutation` run by Dagster's webserver: as
-    requests.request keyword arguments, path first."""
+    """Each shape of request that got `mutation` run by Dagster's webserver, by name: as
+    requests.request keyword arguments (the URL is the caller's)."""
     in_url = {"params": {"query": mutation}}
     return {
         "GET with the query in the URL": {"method": "GET", **in_url},
@@ -118,7 +118,7 @@ def test_cross_site_requests_are_refused_by_the_proxy_and_by_the_webserver(
     queue, webserver = served
     admin = USERS["admins"]
     data = queue.settings.data_dir
-    with proxied(served, tmp_path / "nginx", monkeypatch) as (_, proxy):
+    with proxied(served, tmp_path / "nginx", monkeypatch) as proxy:
         # The probes are real: the same launch as a JSON POST launches a run.
         control = _graphql(proxy.url, _launch(detect_config(data / "urgent", "dumps")), admin)
         assert control["launchRun"]["__typename"] == "LaunchRunSuccess"
@@ -225,7 +225,7 @@ def test_a_hostile_page_cannot_use_an_administrators_browser(served, tmp_path, m
     admin = USERS["admins"]
     mutation = _launch(detect_config(queue.settings.data_dir / "urgent", "dumps"))
     with (
-        proxied(served, tmp_path / "nginx", monkeypatch) as (_, proxy),
+        proxied(served, tmp_path / "nginx", monkeypatch) as proxy,
         sync_playwright() as playwright,
     ):
         site = _AttackerSite(_attack_page(proxy.url, mutation))
@@ -265,7 +265,7 @@ def test_a_hostile_page_cannot_use_an_administrators_browser(served, tmp_path, m
 def test_the_proxy_speaks_tls_hides_its_version_and_slows_password_guessing(
     served, tmp_path, monkeypatch
 ):
-    with proxied(served, tmp_path / "nginx", monkeypatch) as (_, proxy):
+    with proxied(served, tmp_path / "nginx", monkeypatch) as proxy:
         redirect = requests.get(f"{proxy.http_url}/runs", allow_redirects=False, timeout=10)
         assert redirect.status_code == 301
         assert redirect.headers["Location"].startswith("https://")
