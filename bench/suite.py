@@ -597,7 +597,7 @@ def product_figures(postgres_admin: str | None, real_images: int) -> dict:
         # The plain training runs alone, before the daemon starts and after it stopped: the
         # mean of the two evens out the machine's drift.
         plain_training_seconds = [plain_training(trained, data / "train")]
-        with running_daemon(instance, settings.home / "daemon.log") as daemon:
+        with running_daemon(instance, settings.home, settings.home / "daemon.log") as daemon:
             queue = gap_and_overhead(service, data / "tiny" / IMAGES_DIR)
             real_size = real_size_work(service, daemon, model, data / "real" / IMAGES_DIR)
             job_seconds = train_job_seconds(service, data / "train")

@@ -15,8 +15,10 @@ from pathlib import Path
 import click
 
 from .dagster_services import (
-    HEARTBEAT_FRESH_SECONDS,
+    STOP_GRACE_SECONDS,
+    DaemonAlreadyRuns,
     DaemonDidNotStart,
+    daemon_lock,
     daemon_running,
     running_daemon,
     serve,
@@ -155,7 +157,7 @@ def _submit_and_report(kind: str, params: dict, queue, priority, key, delay, at,
             record = service.submit(
                 kind, params, queue=queue, priority=priority, key=key, run_at=_run_at(delay, at)
             )
-        if isinstance(service, RunService) and not daemon_running(service.instance):
+        if isinstance(service, RunService) and not daemon_running(service.settings.home):
             click.echo(
                 "no Dagster daemon is running for this home, so nothing will start the run: "
                 "run `detection-pipeline up` (in another terminal)",
@@ -285,32 +287,38 @@ HOST_HELP = (
 )
 
 
-def _refuse_second_daemon() -> None:
-    """Each daemon launches the queue's next run on its own: two on one home would run two at
-    once."""
-    from dagster import DagsterInstance
-
-    home = _settings().home
-    with DagsterInstance.get() as instance:
-        if daemon_running(instance):
-            raise click.ClickException(
-                f"a Dagster daemon already runs for the home {home} (it reported in within the "
-                f"last {HEARTBEAT_FRESH_SECONDS} s), and a second one would start a second run "
-                "at once. Stop it first (if it has just stopped, wait that long); for another UI "
-                "on this home start `detection-pipeline webserver`, which has no daemon."
-            )
+@contextlib.contextmanager
+def _daemon_lock(home: Path) -> Iterator[int]:
+    """The home's daemon lock, waiting a while for a daemon that is stopping (one whose `up` was
+    killed stops after it)."""
+    try:
+        with daemon_lock(home) as lock:
+            yield lock
+            return
+    except DaemonAlreadyRuns:
+        click.echo(f"waiting up to {STOP_GRACE_SECONDS} s for the daemon of {home} to stop…")
+    try:
+        with daemon_lock(home, wait_seconds=STOP_GRACE_SECONDS) as lock:
+            yield lock
+    except DaemonAlreadyRuns as error:
+        raise click.ClickException(str(error)) from error
 
 
 def _serve(daemon: bool, webserver: list[str] | None = None, url: str = "") -> None:
-    """Runs Dagster's daemon, webserver or both for this home (`serve`) until Ctrl-C."""
+    """Runs Dagster's daemon, webserver or both for this home (`serve`) until Ctrl-C; a daemon
+    only while no other runs for the home (`daemon_lock`)."""
     from dagster import DagsterInstance
 
-    if url:
-        click.echo(f"Dagster UI: {url} (home {_settings().home}); Ctrl-C stops it")
-        sys.stdout.flush()  # before Dagster's own output, also when stdout is a file
-    with DagsterInstance.get() as instance:
-        code = serve(instance, daemon=daemon, webserver=webserver)
-    sys.exit(code)
+    home = _settings().home
+    with contextlib.ExitStack() as stack:
+        lock = None
+        if daemon:
+            lock = stack.enter_context(_daemon_lock(home))
+        if url:
+            click.echo(f"Dagster UI: {url} (home {home}); Ctrl-C stops it")
+            sys.stdout.flush()  # before Dagster's own output, also when stdout is a file
+        instance = stack.enter_context(DagsterInstance.get())
+        serve(instance, daemon_lock=lock, webserver=webserver)
 
 
 @main.command()
@@ -319,7 +327,6 @@ def _serve(daemon: bool, webserver: list[str] | None = None, url: str = "") -> N
 def up(port, host):
     """Start the Dagster webserver and daemon for this home; Ctrl-C stops both."""
     _refuse_remote()
-    _refuse_second_daemon()
     _serve(daemon=True, webserver=webserver_options(host, port), url=f"http://{host}:{port}")
 
 
@@ -351,7 +358,6 @@ def daemon():
     """Start only the Dagster daemon for this home (the queue, sensors and schedules); Ctrl-C
     stops it. `up` starts it with the UI."""
     _refuse_remote()
-    _refuse_second_daemon()
     _serve(daemon=True)
 
 
@@ -645,10 +651,10 @@ def demo(epochs):
         make_dataset(data / "demo-train", images=24, seed=0)
         make_dataset(data / "demo-unseen", images=16, seed=1)
         log_file = service.settings.home / "daemon.log"
-        if not daemon_running(service.instance):
+        if not daemon_running(service.settings.home):
             click.echo(f"starting the Dagster daemon for this home (its log: {log_file})…")
         try:
-            with running_daemon(service.instance, log_file):
+            with running_daemon(service.instance, service.settings.home, log_file):
                 click.echo(f"training model 'demo' for {epochs} epochs on {data / 'demo-train'}…")
                 training = {"dataset": str(data / "demo-train"), "name": "demo", "epochs": epochs}
                 _wait_for_success(service, service.submit(Kind.TRAINING.value, training))

@@ -6,12 +6,16 @@ from .instance import dagster_home
 from .jobs.detect import detection
 from .jobs.queued_job import queued_job
 from .jobs.train import training
+from .process_group import end_with_supervisor
 from .records.schema import Kind
 from .resources import MMDetRunner, RunFolders
 from .schedules import make_schedules
 from .sensors.inbox import make_inbox_sensor
 from .sensors.upkeep import make_upkeep_sensor
 from .settings import Settings
+
+# The code server `up` starts loads this module: it ends with `up`, even one killed by kill -9.
+end_with_supervisor()
 
 
 def build_resources(settings: Settings) -> dict:

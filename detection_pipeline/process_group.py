@@ -4,6 +4,7 @@ Children that may start children of their own (MMDetection, the Dagster daemon) 
 session of their own (`start_new_session=True`), so one signal to the group reaches them all.
 """
 
+import ctypes
 import os
 import signal
 import subprocess
@@ -25,3 +26,22 @@ def kill_process_group(process: subprocess.Popen, grace_seconds: float = GRACE_S
             process.wait(timeout=wait)
         except subprocess.TimeoutExpired:
             pass
+
+
+# The pid of the supervisor (`serve`) that started this process, which ends with it.
+SUPERVISOR_ENV = "DETECTION_PIPELINE_SUPERVISOR_PID"
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def end_with_supervisor() -> None:
+    """In a process a supervisor (`serve`) started: has the kernel send it SIGTERM when the
+    supervisor dies, even by `kill -9`, or sends it now if the supervisor has died already. Its
+    children do not inherit the duty: the variable is taken out of the environment here."""
+    supervisor = os.environ.pop(SUPERVISOR_ENV, None)
+    if supervisor is None:
+        return
+    if _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+    if os.getppid() != int(supervisor):
+        os.kill(os.getpid(), signal.SIGTERM)

@@ -196,7 +196,9 @@ def open_queue(request, tmp_path, datasets, trained_model, monkeypatch):
             monkeypatch.setenv("DAGSTER_HOME", str(settings.home))
             instance = stack.enter_context(DagsterInstance.get())
             if with_daemon:
-                daemon = stack.enter_context(running_daemon(instance, daemon_log(settings)))
+                daemon = stack.enter_context(
+                    running_daemon(instance, settings.home, daemon_log(settings))
+                )
                 assert daemon is not None  # ours, not one left over from elsewhere
             service = RunService(instance, settings)
             register_as(service.store, "tiny", model)

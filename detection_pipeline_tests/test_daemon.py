@@ -1,19 +1,21 @@
 """`detection-pipeline daemon`: the daemon keeps one code server while it runs (started again
-if it dies, at growing intervals while it cannot be), a second one for the same home is refused,
-and stopping it stops every process it started."""
+if it dies, at growing intervals while it cannot be), a second one for the same home is refused
+(the home's daemon lock, held by the live daemon), and stopping it stops every process it
+started."""
 
+import itertools
 import os
 import signal
 import subprocess
-import threading
+import sys
 import time
 
+import pytest
 from dagster import DagsterInstance
 from dagster._core.scheduler.instigation import TickStatus
 from dagster._daemon.controller import RELOAD_WORKSPACE_INTERVAL
 
-from detection_pipeline import dagster_services
-from detection_pipeline.dagster_services import daemon_running, supervise
+from detection_pipeline.dagster_services import DaemonAlreadyRuns, daemon_lock, daemon_running
 from detection_pipeline.sensors.upkeep import UPKEEP_SENSOR
 
 from .conftest import CLI, alive, code_servers, descendants, make_home, wait_until
@@ -45,12 +47,12 @@ def test_the_daemon_keeps_its_code_server_refuses_a_second_and_stops_with_all_it
     )
     try:
         with DagsterInstance.get() as instance:
-            wait_until(lambda: daemon_running(instance), timeout=120)
+            wait_until(instance.get_daemon_heartbeats, timeout=120)  # it has started
+            assert daemon_running(settings.home)
             servers = code_servers(descendants(daemon.pid))
             assert len(servers) == 1, log.read_text()
             time.sleep(RELOAD_WORKSPACE_INTERVAL + 10)  # past the daemon's workspace refresh
             assert code_servers(descendants(daemon.pid)) == servers, log.read_text()
-            assert daemon_running(instance)
             # A code server that dies is started again, and the sensors tick through it.
             os.kill(servers.pop(), signal.SIGKILL)
             killed_at = time.time()
@@ -69,6 +71,7 @@ def test_the_daemon_keeps_its_code_server_refuses_a_second_and_stops_with_all_it
                 )
                 assert second.returncode == 1, second.stdout + second.stderr
                 assert "a Dagster daemon already runs for the home" in second.stderr
+                assert "daemon.lock" in second.stderr
         started = descendants(daemon.pid)
         daemon.send_signal(signal.SIGINT)  # to it alone: it stops the rest
         assert daemon.wait(timeout=60) == 0
@@ -78,45 +81,96 @@ def test_the_daemon_keeps_its_code_server_refuses_a_second_and_stops_with_all_it
             os.killpg(daemon.pid, signal.SIGKILL)
 
 
-class FailingCodeServer:
-    """Stands in for Dagster's GrpcServerProcess in `supervise`: a real process, and the first
-    `failures` starts after it exits fail as Dagster's do (a plain Exception)."""
+# Two services under `supervise`, in a process of their own (stopped with its group): a code
+# server whose first two restarts fail as Dagster's do (a plain Exception), and a daemon.
+SUPERVISED_SLEEPERS = """
+import logging, subprocess, sys, time
+from detection_pipeline import dagster_services
+from detection_pipeline.dagster_services import Supervised, supervise
 
-    def __init__(self, failures: int):
-        self.failures = failures
-        self.starts: list[float] = []
-        self.server_process = subprocess.Popen(["sleep", "600"])
+logging.basicConfig(stream=sys.stdout, level=logging.INFO, format="%(message)s")
+dagster_services.RESTART_DELAY_SECONDS = 0.2
+starts = 0
 
-    def start_server_process(self):
-        self.starts.append(time.monotonic())
-        if len(self.starts) <= self.failures:
-            raise Exception("gRPC server exited with return code 1 while starting up")  # noqa: TRY002
-        self.server_process = subprocess.Popen(["sleep", "600"])
+def start_code_server():
+    global starts
+    starts += 1
+    print("start", starts, time.monotonic(), flush=True)
+    if starts in (2, 3):
+        raise Exception("gRPC server exited with return code 1 while starting up")
+    process = subprocess.Popen(["sleep", "600"])
+    print("code server", process.pid, flush=True)
+    return process
+
+def start_daemon():
+    process = subprocess.Popen(["sleep", "600"])
+    print("daemon", process.pid, flush=True)
+    return process
+
+supervise([
+    Supervised("code server", start_code_server, "nothing works"),
+    Supervised("daemon", start_daemon, "no run starts"),
+])
+"""
 
 
-def test_a_code_server_that_cannot_be_started_again_is_tried_at_growing_intervals(
-    monkeypatch, caplog
-):
-    monkeypatch.setattr(dagster_services, "CODE_SERVER_RESTART_DELAY_SECONDS", 0.2)
-    code_server = FailingCodeServer(failures=2)
-    service = subprocess.Popen(["sleep", "600"])
-    result = []
-    supervising = threading.Thread(target=lambda: result.append(supervise([service], code_server)))
-    supervising.start()
+def test_a_service_that_exits_is_started_again_at_growing_intervals_while_it_cannot_be(tmp_path):
+    log = tmp_path / "supervise.log"
+    supervisor = subprocess.Popen(
+        [sys.executable, "-c", SUPERVISED_SLEEPERS],
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+    def pids(name: str) -> list[int]:
+        return [
+            int(line.split()[-1]) for line in log.read_text().splitlines() if line.startswith(name)
+        ]
+
     try:
-        first = code_server.server_process
-        first.kill()
-        wait_until(lambda: code_server.server_process is not first, timeout=30)
-        assert code_server.server_process.poll() is None
-        first_gap, second_gap = (b - a for a, b in zip(code_server.starts, code_server.starts[1:]))
-        assert second_gap > 1.5 * first_gap, code_server.starts
-        assert "could not be started again" in caplog.text
-        assert "Next try in" in caplog.text
-        # The service's exit ends the supervision with its exit code.
-        service.kill()
-        supervising.join(timeout=10)
-        assert result == [-signal.SIGKILL]
+        [code_server] = wait_until(lambda: pids("code server"), timeout=30)
+        [daemon] = wait_until(lambda: pids("daemon"), timeout=30)
+        os.kill(code_server, signal.SIGKILL)
+        wait_until(lambda: len(pids("code server")) == 2, timeout=30, state=log.read_text)
+        starts = [
+            float(line.split()[2])
+            for line in log.read_text().splitlines()
+            if line.startswith("start")
+        ]
+        first_gap, second_gap = (b - a for a, b in itertools.pairwise(starts[1:]))
+        assert second_gap > 1.5 * first_gap, starts
+        text = log.read_text()
+        assert "The code server exited (killed by SIGKILL); starting it again in 0.2 s" in text
+        assert "could not be started again (gRPC server exited" in text
+        assert "nothing works meanwhile. Next try in 0.8 s" in text
+        # Any service, not only the code server; the others go on.
+        os.kill(daemon, signal.SIGKILL)
+        wait_until(lambda: len(pids("daemon")) == 2, timeout=30, state=log.read_text)
+        assert all(alive(pid) for pid in (pids("code server")[-1], pids("daemon")[-1]))
+        assert supervisor.poll() is None
     finally:
-        for process in (service, code_server.server_process):
-            process.kill()
-        supervising.join(timeout=10)
+        os.killpg(supervisor.pid, signal.SIGKILL)
+        supervisor.wait()
+
+
+def test_the_daemon_lock_is_held_while_any_process_given_it_lives(tmp_path):
+    """`up` passes its lock to the daemon: a daemon that outlives its `up` (stopping after it
+    was killed) still holds it; once the last holder dies, however, the next daemon starts at
+    once."""
+    with daemon_lock(tmp_path) as lock:
+        assert daemon_running(tmp_path)
+        with (
+            pytest.raises(DaemonAlreadyRuns, match="already runs for the home"),
+            daemon_lock(tmp_path, wait_seconds=0.5),
+        ):
+            pass
+        holder = subprocess.Popen(["sleep", "600"], pass_fds=[lock])
+    try:
+        assert daemon_running(tmp_path)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert not daemon_running(tmp_path)
+    with daemon_lock(tmp_path):
+        pass

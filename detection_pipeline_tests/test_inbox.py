@@ -70,7 +70,7 @@ def test_images_dropped_in_parts_are_each_detected_exactly_once(open_queue, tmp_
         queues={"detection": QueueSettings(retry=RetryPolicy(delay_seconds=0))},
     )
     images = sorted(many_images.iterdir())[:20]
-    with running_daemon(queue.instance, daemon_log(queue.settings)):
+    with running_daemon(queue.instance, queue.settings.home, daemon_log(queue.settings)):
         drop(images[:7], inbox)
         time.sleep(TICK_SECONDS)
         drop(images[7:12], inbox)
@@ -78,7 +78,7 @@ def test_images_dropped_in_parts_are_each_detected_exactly_once(open_queue, tmp_
         wait_until(lambda: queue.store.list_runs(), timeout=60)  # the first run is in
     # The daemon is away for a while (restarted); images keep coming.
     drop(images[12:16], inbox)
-    with running_daemon(queue.instance, daemon_log(queue.settings)):
+    with running_daemon(queue.instance, queue.settings.home, daemon_log(queue.settings)):
         time.sleep(TICK_SECONDS)
         drop(images[16:], inbox)
 

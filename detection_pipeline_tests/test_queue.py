@@ -82,9 +82,9 @@ def test_a_queue_of_5_survives_a_daemon_restart_each_run_succeeding_exactly_once
         queues={"detection": QueueSettings(retry=RetryPolicy(attempts=2, delay_seconds=0))},
     )
     records = [queue.submit("detection", {"images": [images], "model": "tiny"}) for _ in range(5)]
-    with running_daemon(queue.instance, daemon_log(queue.settings)):
+    with running_daemon(queue.instance, queue.settings.home, daemon_log(queue.settings)):
         wait_until(lambda: queue.store.get_run(records[1].id).status == "processing", timeout=180)
-    with running_daemon(queue.instance, daemon_log(queue.settings)):
+    with running_daemon(queue.instance, queue.settings.home, daemon_log(queue.settings)):
         finished = [queue.wait(record.id, timeout_seconds=300) for record in records]
 
     assert [r.status for r in finished] == ["success"] * 5, [r.error for r in finished]

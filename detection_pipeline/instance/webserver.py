@@ -22,6 +22,8 @@ import urllib.parse
 from starlette.responses import PlainTextResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from ..process_group import end_with_supervisor
+
 READ_METHODS = {"GET", "HEAD"}
 # What the UI puts in /graphql URLs: the operation's name, for people reading logs.
 GRAPHQL_URL_PARAMETERS = {"op"}
@@ -144,4 +146,5 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
+    end_with_supervisor()
     main()
