@@ -135,7 +135,9 @@ def test_a_crashed_warm_child_fails_only_its_own_run(warm_queue, many_images, da
     record_id, child, warm_worker = start_warm_blocker(warm_queue, many_images)
     os.kill(child, signal.SIGSEGV)
     failed = warm_queue.wait(record_id, timeout_seconds=120)
-    assert failed.status == "error" and "exit code -11" in failed.error, failed.error
+    assert failed.status == "error" and "killed by SIGSEGV, exit code -11" in failed.error, (
+        failed.error
+    )
     assert alive(warm_worker)
     after = warm_queue.submit("detection", detection(datasets / "unseen" / "images"))
     assert warm_queue.wait(after.id, timeout_seconds=300).status == "success"

@@ -8,6 +8,7 @@ SIGINT to the run worker only, and Pipes forwards it to its direct child only.
 import contextlib
 import os
 import queue
+import signal
 import subprocess
 import threading
 import time
@@ -115,6 +116,20 @@ def _start_child(
     return process
 
 
+def _exit_failure(action: str, returncode: int, tail: list[str]) -> str:
+    """What went wrong with a child that exited with `returncode` (negative: a signal's)."""
+    last = tail[-1] if tail else "no output"
+    if returncode >= 0:
+        return f"MMDetection {action} failed (exit code {returncode}): {last}"
+    name = signal.Signals(-returncode).name
+    if -returncode == signal.SIGKILL:
+        name += (
+            " (the kernel's out-of-memory killer sends it when memory runs out: see `dmesg`; "
+            "lower batch_size or patch_size if so)"
+        )
+    return f"MMDetection {action} was killed by {name}, exit code {returncode}; last output: {last}"
+
+
 def run_mmdetection_child(
     context: OpExecutionContext,
     runner: "MMDetRunner",
@@ -179,9 +194,7 @@ def run_mmdetection_child(
                 reader.join(timeout=10)
                 flush()
             if failure is None and process.returncode != 0:
-                failure = f"MMDetection {spec.action} failed (exit code {process.returncode}): " + (
-                    tail[-1] if tail else "no output"
-                )
+                failure = _exit_failure(spec.action, process.returncode, tail)
             summaries = session.get_custom_messages()
 
         succeeded = failure is None
