@@ -195,7 +195,7 @@ class Service:
         self.home = root / "home"
         self.log = root / "up.log"
         self.env = {**os.environ, "DAGSTER_HOME": str(self.home)}
-        init = [CLI, "init", *(["--postgres-url", postgres_url] if postgres_url else [])]
+        init = [CLI, "init", *(["--postgres", postgres_url] if postgres_url else [])]
         subprocess.run(init, env=self.env, check=True, capture_output=True)
         settings_file = self.home / "detection_pipeline.yaml"
         settings = yaml.safe_load(settings_file.read_text())
@@ -277,7 +277,7 @@ class Service:
         try:
             run_id = client.submit_job_execution("detect", run_config=config)
         except (DagsterGraphQLClientError, OSError) as error:
-            return Submission("graphql", refusal=str(error))
+            return Submission("graphql", refusal=f"{type(error).__name__}: {error.args[0]}")
         return Submission("graphql", dagster_run_id=run_id)
 
     # Reading
@@ -522,6 +522,7 @@ FAULTS = {
         Fault(
             "kill-run-worker",
             kill(lambda s, record: s.service.run_worker(record["dagster_run_ids"][-1])),
+            delays=(0.05, 0.5),  # a run takes 0.6-2.5 s
         ),
         Fault("kill-warm-worker", kill(lambda s, _: _fork_server(s.runtime, "warm_worker"))),
         Fault("kill-daemon", kill(lambda s, _: _service_process(s.service, "instance.daemon"))),
@@ -564,6 +565,8 @@ FAULTS = {
 
 # A scenario.
 
+ALL_STARTED = {"id": None}
+
 
 @dataclasses.dataclass
 class Row:
@@ -599,6 +602,7 @@ class Scenario:
         self.fault_times: list[float] = []
         self.started = time.time()
         self.disk_full = ""  # the runs folder, once its disk was full
+        self.submitting: threading.Thread | None = None  # the plan's submissions
         self._known_ids = {record["id"] for record in service.records()}
         self._protected = (service.home / "data", service.home / "models")
         self._before = tree_hashes(*self._protected)
@@ -622,14 +626,19 @@ class Scenario:
         return [r for r in self.service.records() if r["id"] not in self._known_ids]
 
     def processing(self, seen: set[int]) -> dict | None:
-        """A processing record not in `seen`, with its Dagster run."""
-        for record in self.ours():
+        """A processing record not in `seen`, with its Dagster run; ALL_STARTED when there
+        will be none (everything submitted is in `seen`: fewer runs were accepted than
+        planned)."""
+        records = self.ours()
+        for record in records:
             if (
                 record["status"] == "processing"
                 and record["id"] not in seen
                 and record["dagster_run_ids"]
             ):
                 return record
+        if not self.submitting.is_alive() and len(seen) >= len(self.accepted()):
+            return ALL_STARTED
         return None
 
     def inject(self, fault: Fault, at_runs: list[int], delays: list[float]) -> None:
@@ -638,8 +647,9 @@ class Scenario:
         for ordinal, delay in zip(at_runs, delays, strict=True):
             while len(seen) < ordinal:
                 record = wait_for(lambda s=seen: self.processing(s), timeout=120, poll=0.05)
-                if record is None:
-                    self.row.notes.append(f"no run started within 120 s (run {len(seen) + 1})")
+                if record is None or record == ALL_STARTED:
+                    if record is None:
+                        self.row.notes.append(f"no run started within 120 s (run {len(seen) + 1})")
                     return
                 seen.add(record["id"])
             started = time.time()
@@ -778,10 +788,10 @@ def play(
     scenario = Scenario(fault.name, storage, service, runtime, images)
     try:
         with fault.around(scenario) if fault.around else contextlib.nullcontext():
-            submitting = threading.Thread(target=scenario.submit, args=(channels,))
-            submitting.start()
+            scenario.submitting = threading.Thread(target=scenario.submit, args=(channels,))
+            scenario.submitting.start()
             scenario.inject(fault, at_runs, delays)
-            submitting.join()
+            scenario.submitting.join()
             recovery = 3 * SENSOR_INTERVAL_SECONDS + UP_START_TIMEOUT_SECONDS / 4 + fault.lasts
             scenario.drain(runs * RUN_SECONDS + times * recovery)
             return scenario.measure()

@@ -60,8 +60,26 @@ def _service() -> Iterator[RunService]:
     from dagster import DagsterInstance
 
     settings = _settings()
-    with DagsterInstance.get() as instance:
+    with _database_errors(settings.home), DagsterInstance.get() as instance:
         yield RunService(instance, settings)
+
+
+@contextlib.contextmanager
+def _database_errors(home: Path) -> Iterator[None]:
+    """A database that is down, or busy past every wait, ends the command with what to do, not
+    a traceback."""
+    import sqlalchemy as sa
+    from dagster_postgres.utils import DagsterPostgresException
+
+    try:
+        yield
+    except (sa.exc.OperationalError, DagsterPostgresException) as error:
+        cause = error.__cause__ or error  # Dagster's gives up after retries: its cause says why
+        reason = str(getattr(cause, "orig", None) or cause).strip().splitlines()[0]
+        raise click.ClickException(
+            f"the database of {home} could not be used ({reason}). Check "
+            "that it is running (PostgreSQL: the storage URL in dagster.yaml) and try again."
+        ) from error
 
 
 def _remote_url() -> str | None:

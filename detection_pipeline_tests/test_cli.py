@@ -1,6 +1,7 @@
 """The CLI's run management commands on a home with no daemon (nothing needs to run)."""
 
 import json
+import socket
 from pathlib import Path
 
 from dagster import DagsterInstance
@@ -46,3 +47,19 @@ def test_a_delayed_run_can_be_listed_cancelled_and_deleted(
     assert record["params"]["learning_rate"] == 0.0005 and record["params"]["base_model"] == "m"
     assert json.loads(cli("cancel", str(record["id"]), "--json").stdout)["status"] == "cancelled"
     assert "model m deleted (1 version)" in cli("delete-model", "m").stdout
+
+
+def test_a_database_that_is_down_is_said_so_without_a_traceback(tmp_path, monkeypatch):
+    """PostgreSQL stopped (here: nothing listens on its port): every command that reads or
+    writes runs says the database could not be used and what to check."""
+    with socket.socket() as sock:  # a port nothing listens on once it is closed
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    home = make_home(tmp_path / "home", f"postgresql://postgres@127.0.0.1:{port}/none").home
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    for command in (["runs"], ["detect", "--images", str(home / "data"), "--model", "m"]):
+        refused = cli(*command)
+        assert refused.returncode == 1, refused.stdout + refused.stderr
+        assert f"the database of {home} could not be used" in refused.stderr
+        assert "Connection refused" in refused.stderr and "try again" in refused.stderr
+        assert "Traceback" not in refused.stderr
