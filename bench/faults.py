@@ -54,6 +54,7 @@ from pathlib import Path
 
 import sqlalchemy as sa
 import yaml
+from processes import descendants, processes, read_proc  # bench/processes.py
 from sqlalchemy.pool import NullPool
 
 CLI = str(Path(sys.executable).with_name("detection-pipeline"))
@@ -62,8 +63,10 @@ RETRY_DELAY_SECONDS = 1  # the queues' first retry delay in the test home (produ
 SENSOR_INTERVAL_SECONDS = 5  # the upkeep sensor's, and run monitoring's poll
 UP_START_TIMEOUT_SECONDS = 120
 IMAGES_PER_RUN = 16  # 128 px each: MMDetection works ~0.2 s
-CLI_SHARE = 0.25
+CLI_SHARE = 0.2
 SUBMITTERS = 4
+SUBMISSION_TRIES = 3
+SUBMISSION_RETRY_SECONDS = 3
 RUN_SECONDS = 6
 # The home's limit on a run's MMDetection work (product default: 6 h): a hung child is ended
 # after it. Above what training the tiny model takes on a slow machine.
@@ -72,37 +75,7 @@ CHILD_STARTED = re.compile(r"MMDetection \w+ started.*\(pid (\d+)\)")
 SPARE_FORKED = re.compile(r"spare (\d+) forked")
 LOCATION = "detection_pipeline.definitions"
 
-# Processes, read from /proc.
-
-
-def _proc(pid: int, name: str) -> str:
-    try:
-        return Path(f"/proc/{pid}/{name}").read_text()
-    except (FileNotFoundError, ProcessLookupError):
-        return ""
-
-
-def processes() -> dict[int, tuple[int, str]]:
-    """pid: (parent pid, command line) of every live process (zombies excepted)."""
-    found = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and (stat := _proc(int(entry.name), "stat")):
-            fields = stat.rsplit(")", 1)[1].split()
-            if fields[0] != "Z":
-                command = _proc(int(entry.name), "cmdline").replace("\0", " ")
-                found[int(entry.name)] = (int(fields[1]), command)
-    return found
-
-
-def descendants(root: int, table: dict[int, tuple[int, str]]) -> set[int]:
-    found, todo = set(), [root]
-    while todo:
-        parent = todo.pop()
-        for pid, (ppid, _) in table.items():
-            if ppid == parent and pid not in found:
-                found.add(pid)
-                todo.append(pid)
-    return found
+# Processes and waiting.
 
 
 def _kill(pid: int, sig: int = signal.SIGKILL) -> bool:
@@ -182,6 +155,10 @@ class Submission:
     key: str | None = None
     # What the user was shown when it was refused; a Python traceback there is a crash.
     refusal: str = ""
+
+    @property
+    def accepted(self) -> bool:
+        return bool(self.record_id or self.dagster_run_id)
 
     @property
     def crashed(self) -> bool:
@@ -275,9 +252,15 @@ class Service:
         config = {"ops": {"prepare_inputs": {"config": {"images": [str(images)], "model": "tiny"}}}}
         client = DagsterGraphQLClient("127.0.0.1", port_number=self.port, timeout=30)
         try:
-            run_id = client.submit_job_execution("detect", run_config=config)
+            run_id = client.submit_job_execution(
+                "detect",
+                repository_location_name=LOCATION,  # saves a query for it
+                repository_name="__repository__",
+                run_config=config,
+            )
         except (DagsterGraphQLClientError, OSError) as error:
-            return Submission("graphql", refusal=f"{type(error).__name__}: {error.args[0]}")
+            said = ": ".join(str(arg) for arg in error.args)
+            return Submission("graphql", refusal=f"{type(error).__name__}: {said}")
         return Submission("graphql", dagster_run_id=run_id)
 
     # Reading
@@ -444,7 +427,7 @@ def hang_child(scenario: "Scenario", record: dict, delay: float) -> bool:
     return bool(pid and _kill(pid, signal.SIGSTOP))
 
 
-CHILD_MEMORY_LIMIT = 16 << 20  # bytes it may take beyond what it has
+CHILD_MEMORY_LIMIT = 1 << 20  # bytes it may take beyond what it has
 
 
 def limit_child_memory(scenario: "Scenario", record: dict, delay: float) -> bool:
@@ -465,7 +448,7 @@ def limit_child_memory(scenario: "Scenario", record: dict, delay: float) -> bool
             cgroup.rmdir()
         size = next(
             int(line.split()[1]) * 1024
-            for line in _proc(pid, "status").splitlines() + ["VmSize: 0 kB"]
+            for line in read_proc(pid, "status").splitlines() + ["VmSize: 0 kB"]
             if line.startswith("VmSize:")
         )
         try:
@@ -473,7 +456,7 @@ def limit_child_memory(scenario: "Scenario", record: dict, delay: float) -> bool
         except (ProcessLookupError, ValueError):
             return False
         return True
-    wait_for(lambda: not _proc(pid, "stat"), timeout=60)
+    wait_for(lambda: not read_proc(pid, "stat"), timeout=60)
     with contextlib.suppress(OSError):
         cgroup.rmdir()
     return True
@@ -507,6 +490,8 @@ def fill_runs_disk(scenario: "Scenario", record: dict, delay: float) -> bool:
             file.write(bytes(1 << 20))
     scenario.disk_full = str(filler.parent)
     time.sleep(DISK_FULL_SECONDS)
+    # What the runs that met it said, before their retries (after the space is freed) succeed.
+    scenario.errors_seen |= {record["error"] for record in scenario.ours() if record["error"]}
     filler.unlink()
     return True
 
@@ -602,6 +587,7 @@ class Scenario:
         self.fault_times: list[float] = []
         self.started = time.time()
         self.disk_full = ""  # the runs folder, once its disk was full
+        self.errors_seen: set[str] = set()  # errors of attempts that were retried since
         self.submitting: threading.Thread | None = None  # the plan's submissions
         self._known_ids = {record["id"] for record in service.records()}
         self._protected = (service.home / "data", service.home / "models")
@@ -609,18 +595,26 @@ class Scenario:
 
     def submit(self, plan: list[str]) -> None:
         """Submits one run per channel in `plan` (cli or graphql), a few at a time: the queue
-        gets ahead of its single run."""
+        gets ahead of its single run. A refused submission is tried again a few seconds later,
+        as a user or a careful client would; every refusal is kept."""
 
-        def one(channel: str) -> Submission:
-            if channel == "cli":
-                return self.service.submit_cli(self.images)
-            return self.service.submit_graphql(self.images)
+        def one(channel: str) -> list[Submission]:
+            tries = []
+            for _ in range(SUBMISSION_TRIES):
+                if channel == "cli":
+                    tries.append(self.service.submit_cli(self.images))
+                else:
+                    tries.append(self.service.submit_graphql(self.images))
+                if tries[-1].accepted:
+                    break
+                time.sleep(SUBMISSION_RETRY_SECONDS)
+            return tries
 
         with concurrent.futures.ThreadPoolExecutor(SUBMITTERS) as pool:
-            self.submissions += pool.map(one, plan)
+            self.submissions += [s for tries in pool.map(one, plan) for s in tries]
 
     def accepted(self) -> list[Submission]:
-        return [s for s in self.submissions if s.record_id or s.dagster_run_id]
+        return [s for s in self.submissions if s.accepted]
 
     def ours(self) -> list[dict]:
         return [r for r in self.service.records() if r["id"] not in self._known_ids]
@@ -679,7 +673,7 @@ class Scenario:
                 owners.setdefault(run_id, []).append(record["id"])
         accepted = self.accepted()
         row.submitted = len(accepted)
-        refused = [s for s in self.submissions if s not in accepted]
+        refused = [s for s in self.submissions if not s.accepted]
         row.refused = len(refused)
         row.crashed = sum(s.crashed for s in refused)
         row.notes += sorted(
@@ -707,7 +701,11 @@ class Scenario:
         for record in records:
             if record["status"] == "error":
                 row.notes.append(f"record {record['id']} ended error: {record['error']}")
-                row.unclear_errors += not clear_error(record["error"] or "", self.disk_full)
+        errors = self.errors_seen | {r["error"] or "" for r in records if r["status"] == "error"}
+        for error in sorted(errors):
+            if not clear_error(error, self.disk_full):
+                row.unclear_errors += 1
+                row.notes.append(f"unclear error: {error}")
         time.sleep(2)  # a run worker reports its end before it exits
         row.orphans = len(orphans(self.runtime))
         row.outside_touched = changed_files(self._before, tree_hashes(*self._protected))
@@ -778,8 +776,8 @@ def orphans(runtime: str) -> list[int]:
 def play(
     service: Service, storage: str, runtime: str, images: Path, fault: Fault, seed: int, runs: int
 ) -> Row:
-    """`runs` runs submitted (a quarter through the CLI, the rest through GraphQL: a CLI call
-    costs a second of CPU beside the runs) while the fault happens at random moments."""
+    """`runs` runs submitted (a fifth through the CLI, the rest through GraphQL: a CLI call
+    costs a second or two of CPU beside the runs) while the fault happens at random moments."""
     rng = random.Random(f"{seed}-{storage}-{fault.name}")
     times = fault.times or max(1, runs // 8)
     at_runs = sorted(rng.sample(range(2, runs), times))

@@ -69,6 +69,7 @@ from dagster import DagsterInstance, DagsterRun, DagsterRunStatus, build_sensor_
 from dagster._core.storage.runs.schema import RunsTable, RunTagsTable
 from dagster._serdes import serialize_value
 from figures import report  # bench/figures.py
+from processes import descendants, processes, read_proc  # bench/processes.py
 
 from detection_pipeline import run_tags, run_worker
 from detection_pipeline.dagster_services import running_daemon
@@ -163,42 +164,14 @@ def median(values) -> float:
 # Processes, read from /proc.
 
 
-def _proc(pid: int, name: str) -> str:
-    try:
-        return Path(f"/proc/{pid}/{name}").read_text()
-    except (FileNotFoundError, ProcessLookupError):
-        return ""
-
-
 def rss_and_pss(pid: int) -> tuple[int, int]:
     """(RSS, PSS) in bytes; zeros for a process that is gone."""
     values = dict.fromkeys(("Rss", "Pss"), 0)
-    for line in _proc(pid, "smaps_rollup").splitlines():
+    for line in read_proc(pid, "smaps_rollup").splitlines():
         key, _, rest = line.partition(":")
         if key in values:
             values[key] = int(rest.split()[0]) * 1024
     return values["Rss"], values["Pss"]
-
-
-def processes() -> dict[int, tuple[int, str]]:
-    """pid: (parent pid, command line) of every live process."""
-    found = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and (stat := _proc(int(entry.name), "stat")):
-            command = _proc(int(entry.name), "cmdline").replace("\0", " ")
-            found[int(entry.name)] = (int(stat.rsplit(")", 1)[1].split()[1]), command)
-    return found
-
-
-def descendants(root: int, table: dict[int, tuple[int, str]]) -> set[int]:
-    found, todo = set(), [root]
-    while todo:
-        parent = todo.pop()
-        for pid, (ppid, _) in table.items():
-            if ppid == parent and pid not in found:
-                found.add(pid)
-                todo.append(pid)
-    return found
 
 
 class MemorySampler:

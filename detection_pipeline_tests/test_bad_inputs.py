@@ -1,10 +1,12 @@
 """Bad input: submission refuses it with a message that says what to fix; a run that meets it
 fails the same way, writes and deletes nothing outside its own folder."""
 
+import contextlib
 import json
 import os
 import re
 import shutil
+import subprocess
 import time
 from pathlib import Path
 
@@ -370,3 +372,55 @@ def test_a_png_cut_short_is_refused_whatever_its_size(tmp_path):
     huge.write_bytes(complete[: len(complete) // 2])  # an interrupted copy
     with pytest.raises(InputError, match=r"not readable images: huge.png \(cut short"):
         find_images([str(tmp_path)], (tmp_path,))
+
+
+@pytest.fixture
+def small_runs_disk(world):
+    """The home's runs folder on a 1 MB tmpfs of its own (mounting needs root)."""
+    runs = world[0].runs_dir
+    runs.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(runs)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    yield runs
+    subprocess.run(["umount", "--lazy", str(runs)], check=True)
+
+
+def test_a_full_runs_disk_fails_the_run_naming_the_folder(
+    world, trained_model, datasets, small_runs_disk
+):
+    """A disk with no space left fails the run saying which folder is full and what to do;
+    once there is space, the same run works."""
+    settings, _ = world
+    images = settings.data_dir / "good"
+    shutil.copytree(datasets / "unseen" / "images", images, dirs_exist_ok=True)
+    filler = small_runs_disk / "filler"
+    with filler.open("wb") as file, contextlib.suppress(OSError):  # ENOSPC: full
+        while True:
+            file.write(bytes(4096))
+    with instance_for_test(temp_dir=str(settings.home)) as instance:
+        service = RunService(instance, settings)
+        register_as(service.store, "tiny", trained_model[1])
+        outcomes = []
+        for _ in range(2):
+            record = service.submit("detection", {"images": [str(images)], "model": "tiny"})
+            execute_job(
+                settings,
+                "detect",
+                detect_config(images, "tiny"),
+                instance,
+                tags={run_tags.RECORD_ID: str(record.id)},
+                raise_on_error=False,
+            )
+            outcomes.append(service.store.get_run(record.id))
+            filler.unlink(missing_ok=True)  # space freed for the second
+    full, freed = outcomes
+    assert full.status == "error", full.error
+    assert f"no space left on the disk of {settings.runs_dir}" in full.error
+    assert "free space there" in full.error
+    assert freed.status == "success", freed.error

@@ -1,7 +1,10 @@
 """How a run keeps its record current: processing when it starts, success or error when it ends."""
 
 import contextlib
+import errno
+import shutil
 from collections.abc import Iterator
+from pathlib import Path
 
 from dagster import Failure, HookContext, OpExecutionContext, ResourceParam, failure_hook, op
 
@@ -72,7 +75,8 @@ def record_failure(context: HookContext) -> None:
     record_id = run.tags.get(run_tags.RECORD_ID) if run else None
     if record_id is None:  # failed before the record existed; the upkeep sensor sees it
         return
-    context.resources.folders.remove_staging(int(record_id))
+    folders: RunFolders = context.resources.folders
+    folders.remove_staging(int(record_id))
     error = context.op_exception
     if isinstance(error, Failure):
         message = error.description or "the run failed"
@@ -80,4 +84,23 @@ def record_failure(context: HookContext) -> None:
     else:
         message = f"{type(error).__name__}: {error}" if error else "the run failed"
         not_retried = None
+    if _disk_full(error, folders.runs_dir):
+        message = (
+            f"no space left on the disk of {folders.runs_dir} ({message}); free space there: "
+            "the run is tried again if its queue's attempts allow, or submit it again"
+        )
     record_store(context.instance).mark_failed(int(record_id), message, not_retried)
+
+
+# Less free than this on the runs folder's disk when a run failed: that is why it failed, most
+# likely (a write that fails for want of space does not always say so: MMCV's image writer).
+FULL_DISK_BYTES = 1 << 20
+
+
+def _disk_full(error: BaseException | None, runs_dir: Path) -> bool:
+    if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+        return True
+    try:
+        return shutil.disk_usage(runs_dir).free < FULL_DISK_BYTES
+    except OSError:
+        return False
