@@ -54,6 +54,7 @@ from pathlib import Path
 
 import sqlalchemy as sa
 import yaml
+from figures import commit  # bench/figures.py
 from processes import descendants, processes, read_proc  # bench/processes.py
 from sqlalchemy.pool import NullPool
 
@@ -457,9 +458,11 @@ def limit_child_memory(scenario: "Scenario", record: dict, delay: float) -> bool
             return False
         return True
     wait_for(lambda: not read_proc(pid, "stat"), timeout=60)
+    # Counted only if the kernel did kill it: a child that needed no more memory met no fault.
+    killed = "oom_kill 0" not in (cgroup / "memory.oom_control").read_text()
     with contextlib.suppress(OSError):
         cgroup.rmdir()
-    return True
+    return killed
 
 
 DISK_FULL_SECONDS = 15
@@ -894,15 +897,15 @@ COLUMNS = [
 ]
 
 
-def markdown(rows: list[Row], seed: int) -> str:
-    lines = [
-        f"| {' | '.join(title for _, title in COLUMNS)} |",
-        f"|{'|'.join('---' for _ in COLUMNS)}|",
-    ]
+def markdown(rows: list[Row], seed: int, with_commits: bool = False) -> str:
+    """The rows as a Markdown table; `with_commits`: a last column, the commit each row was
+    measured at (the last of its notes)."""
+    titles = [title for _, title in COLUMNS] + (["commit"] if with_commits else [])
+    lines = [f"| {' | '.join(titles)} |", f"|{'|'.join('---' for _ in titles)}|"]
     for row in rows:
         values = dataclasses.asdict(row)
         cells = ["–" if values[key] is None else str(values[key]) for key, _ in COLUMNS]
-        lines.append(f"| {' | '.join(cells)} |")
+        lines.append(f"| {' | '.join(cells + row.notes[-1:] if with_commits else cells)} |")
     return "\n".join(lines) + f"\n\nSeed {seed}.\n"
 
 
@@ -916,7 +919,27 @@ def main() -> None:
     parser.add_argument("--markdown", type=Path, help="write the table to this file")
     parser.add_argument("--out", type=Path, help="the JSON results (default: bench/results)")
     parser.add_argument("--keep", type=Path, help="leave the homes in this folder")
+    parser.add_argument(
+        "--table",
+        type=Path,
+        nargs="+",
+        metavar="RESULTS",
+        help="only print the table of these result files (a later row of a scenario and "
+        "storage replaces an earlier one)",
+    )
     args = parser.parse_args()
+    if args.table:
+        merged: dict[tuple[str, str], Row] = {}
+        for path in args.table:
+            results = json.loads(path.read_text())
+            for values in results["rows"]:
+                row = Row(**{**values, "notes": values["notes"] + [results["commit"]]})
+                merged[row.scenario, row.storage] = row
+        table = markdown(list(merged.values()), results["seed"], with_commits=True)
+        print(table)
+        if args.markdown:
+            args.markdown.write_text(table)
+        return
     if args.smoke:
         args.storage, args.scenario, args.runs = ["sqlite"], ["kill-child", "kill-daemon"], 8
     started = time.monotonic()
@@ -931,7 +954,10 @@ def main() -> None:
     out = args.out or RESULTS_DIR / f"faults_{'_'.join(args.storage)}_seed{args.seed}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(
-        json.dumps({"seed": args.seed, "rows": [dataclasses.asdict(r) for r in rows]}, indent=1)
+        json.dumps(
+            {"seed": args.seed, "commit": commit(), "rows": [dataclasses.asdict(r) for r in rows]},
+            indent=1,
+        )
     )
     if args.markdown:
         args.markdown.write_text(table)

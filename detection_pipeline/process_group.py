@@ -4,6 +4,7 @@ Children that may start children of their own (MMDetection, the Dagster daemon) 
 session of their own (`start_new_session=True`), so one signal to the group reaches them all.
 """
 
+import contextlib
 import ctypes
 import os
 import signal
@@ -15,13 +16,18 @@ GRACE_SECONDS = 5.0
 def kill_process_group(process: subprocess.Popen, grace_seconds: float = GRACE_SECONDS) -> None:
     """SIGTERM to the process's whole group, SIGKILL to whatever is left after the grace period.
 
-    Safe to call after the process exited: descendants left in its group are still killed.
+    Safe to call after the process exited: descendants left in its group are still killed. A
+    process that does not lead a group (a warm worker's child stopped or hung before it made
+    its own) is signalled alone.
     """
     for sig, wait in ((signal.SIGTERM, grace_seconds), (signal.SIGKILL, None)):
         try:
             os.killpg(process.pid, sig)
         except ProcessLookupError:
-            return  # the group is empty: nothing left to kill
+            if process.poll() is not None:
+                return  # the group is empty and the process gone: nothing left to kill
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(process.pid, sig)
         try:
             process.wait(timeout=wait)
         except subprocess.TimeoutExpired:

@@ -1,9 +1,13 @@
 """The MMDetection child process: its whole process tree dies on timeout, its output is kept."""
 
+import os
+import signal
+import subprocess
 from pathlib import Path
 
 from dagster import instance_for_test
 
+from detection_pipeline.process_group import kill_process_group
 from detection_pipeline.records import record_store
 
 from .conftest import (
@@ -44,3 +48,12 @@ def test_a_timeout_kills_mmdetection_and_everything_it_started(tmp_path, dataset
     log = (run_dir / f"error_{record.id}.txt").read_text()
     assert "Checkpoints will be saved to" in log  # training had really started when it was killed
     assert not (run_dir / "staging").exists()
+
+
+def test_a_hung_child_that_leads_no_process_group_is_still_killed():
+    """A warm worker's child hung (here: stopped) before it made a process group of its own
+    still ends when its run's timeout kills it (the fault suite's hang-child found it left)."""
+    child = subprocess.Popen(["sleep", "600"])  # in this process's group, not one of its own
+    os.kill(child.pid, signal.SIGSTOP)
+    kill_process_group(child, grace_seconds=0.5)
+    assert child.wait(timeout=10) in (-signal.SIGTERM, -signal.SIGKILL)
