@@ -376,11 +376,11 @@ def test_a_png_cut_short_is_refused_whatever_its_size(tmp_path):
 
 @pytest.fixture
 def small_runs_disk(world):
-    """The home's runs folder on a 1 MB tmpfs of its own (mounting needs root)."""
+    """The home's runs folder on an 8 MB tmpfs of its own (mounting needs root)."""
     runs = world[0].runs_dir
     runs.mkdir(parents=True, exist_ok=True)
     mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(runs)],
+        ["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(runs)],
         capture_output=True,
         text=True,
         check=False,
