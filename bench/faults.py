@@ -488,7 +488,7 @@ def fill_runs_disk(scenario: "Scenario", record: dict, delay: float) -> bool:
     """The runs folder's disk full for 15 s (a file takes what is left), then freed."""
     time.sleep(delay)
     filler = scenario.service.home / "runs" / "filler"
-    with filler.open("wb") as file, contextlib.suppress(OSError):  # ENOSPC: full
+    with filler.open("wb", buffering=0) as file, contextlib.suppress(OSError):  # ENOSPC
         while True:
             file.write(bytes(1 << 20))
     scenario.disk_full = str(filler.parent)

@@ -400,7 +400,7 @@ def test_a_full_runs_disk_fails_the_run_naming_the_folder(
     images = settings.data_dir / "good"
     shutil.copytree(datasets / "unseen" / "images", images, dirs_exist_ok=True)
     filler = small_runs_disk / "filler"
-    with filler.open("wb") as file, contextlib.suppress(OSError):  # ENOSPC: full
+    with filler.open("wb", buffering=0) as file, contextlib.suppress(OSError):  # ENOSPC
         while True:
             file.write(bytes(4096))
     with instance_for_test(temp_dir=str(settings.home)) as instance:
