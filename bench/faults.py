@@ -153,7 +153,6 @@ class Submission:
     channel: str  # cli or graphql
     record_id: int | None = None
     dagster_run_id: str | None = None
-    key: str | None = None
     # What the user was shown when it was refused; a Python traceback there is a crash.
     refusal: str = ""
 
@@ -240,12 +239,11 @@ class Service:
             [CLI, *args], env=self.env, capture_output=True, text=True, timeout=timeout, check=False
         )
 
-    def submit_cli(self, images: Path, key: str | None = None) -> Submission:
-        keyed = ["--key", key] if key else []
-        done = self.cli("detect", "--images", str(images), "--model", "tiny", "--json", *keyed)
+    def submit_cli(self, images: Path) -> Submission:
+        done = self.cli("detect", "--images", str(images), "--model", "tiny", "--json")
         if done.returncode != 0:
-            return Submission("cli", key=key, refusal=done.stdout + done.stderr)
-        return Submission("cli", record_id=json.loads(done.stdout)["id"], key=key)
+            return Submission("cli", refusal=done.stdout + done.stderr)
+        return Submission("cli", record_id=json.loads(done.stdout)["id"])
 
     def submit_graphql(self, images: Path) -> Submission:
         from dagster_graphql import DagsterGraphQLClient, DagsterGraphQLClientError
@@ -589,7 +587,6 @@ class Scenario:
         self.row = Row(name, storage)
         self.submissions: list[Submission] = []
         self.fault_times: list[float] = []
-        self.started = time.time()
         self.disk_full = ""  # the runs folder, once its disk was full
         self.errors_seen: set[str] = set()  # errors of attempts that were retried since
         self.submitting: threading.Thread | None = None  # the plan's submissions

@@ -148,14 +148,13 @@ def serve(instance: DagsterInstance, daemon_lock: int | None, webserver: list[st
             code_server.start_server_process()
             return code_server.server_process
 
-        services = [
-            Supervised(
-                "code server",
-                restart_code_server,
-                "the daemon and webserver cannot reach this product's jobs",
-                code_server.server_process,
-            )
-        ]
+        code_server_service = Supervised(
+            "code server",
+            restart_code_server,
+            "the daemon and webserver cannot reach this product's jobs",
+            code_server.server_process,
+        )
+        services = []  # those this function stops; the code server stops with its context
         if daemon_lock is not None:
             command = [sys.executable, "-m", DAEMON_MODULE, "run", "-w", str(workspace)]
             # A killed daemon's heartbeats would pass for a second daemon's (Dagster logs an
@@ -174,11 +173,11 @@ def serve(instance: DagsterInstance, daemon_lock: int | None, webserver: list[st
                 Supervised("webserver", starter(command), "the UI and GraphQL do not answer")
             )
         try:
-            supervise(services)
+            supervise([code_server_service, *services])
         except KeyboardInterrupt:
             pass
         finally:
-            started = [service.process for service in services[1:]]
+            started = [service.process for service in services]
             for process in started:
                 # It may have had the signal already: Dagster takes it once.
                 process.terminate()
@@ -312,11 +311,11 @@ def daemon_lock(home: Path, wait_seconds: float = 0) -> Iterator[int]:
 
 def daemon_running(home: Path) -> bool:
     """Whether a daemon runs for this home: something holds its daemon lock."""
-    fd = open_private(home / DAEMON_LOCK_FILE, os.O_RDWR)
     try:
-        return not _try_lock(fd)
-    finally:
-        os.close(fd)  # releases the lock, if this took it
+        with daemon_lock(home):  # let go at once
+            return False
+    except DaemonAlreadyRuns:
+        return True
 
 
 def _reported_in_since(instance: DagsterInstance, since: float) -> bool:
